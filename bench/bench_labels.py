@@ -1,0 +1,209 @@
+"""Label generation throughput: the encoder alone (forward passes) and end to end through the Beam job.
+
+    python bench/bench_labels.py                      # published teacher size (slow on a CPU)
+    python bench/bench_labels.py --windows 2 --encoder-labels 512 --trajectory-len 64
+
+Random tokens and a random teacher of the requested size (speed does not depend on the weights), so
+no trained artifact is needed. Prints one JSON line: device, command, sizes and labels/s figures:
+  encoder_labels_per_s   teacher.encode only, batches of --batch-size contexts of Tc tokens
+                         (bf16 autocast on CUDA, fp32 on CPU; inference_mode)
+  pipeline_labels_per_s  labels written / wall-clock of materialize_labels (Beam start-up, worker
+                         setup, window cutting, encode + readout loss, Zarr writes, manifest)
+  worker_labels_per_s    labels / time spent inside encode_windows in the workers (encode + readout)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.build import build_teacher  # noqa: E402
+from pipelines.label_units import resolve_device  # noqa: E402
+from pipelines.materialize_labels import materialize_labels  # noqa: E402
+from schemas.config import BeamConfig, LabelSpec, TeacherModelConfig, TeacherTrainConfig, TokensConfig  # noqa: E402
+from stages.teacher import TEACHER_FILE  # noqa: E402
+from store.artifacts import plan_artifact, publish_manifest, read_manifest  # noqa: E402
+from store.tokens import build_tokens_artifact  # noqa: E402
+from store.weights import save_module  # noqa: E402
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    d = TeacherModelConfig()
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--width", type=int, default=d.width)
+    p.add_argument("--heads", type=int, default=d.heads)
+    p.add_argument("--encoder-depth", type=int, default=d.encoder_depth)
+    p.add_argument("--decoder-depth", type=int, default=d.decoder_depth)
+    p.add_argument("--memory-tokens", type=int, default=d.memory_tokens)
+    p.add_argument("--memory-dim", type=int, default=d.memory_dim)
+    p.add_argument("--context-len", type=int, default=d.context_len)
+    p.add_argument("--future-len", type=int, default=d.future_len)
+    p.add_argument("--vocab-size", type=int, default=d.vocab_size)
+    p.add_argument("--trajectory-len", type=int, default=LabelSpec().trajectory_len, help="L")
+    p.add_argument("--windows", type=int, default=4, help="windows labelled by the pipeline run")
+    p.add_argument("--shard-windows", type=int, default=1, help="windows per work unit")
+    p.add_argument("--encoder-labels", type=int, default=1024, help="contexts encoded by the encoder-only run")
+    p.add_argument("--batch-size", type=int, default=LabelSpec().batch_size)
+    p.add_argument("--dtype", choices=["float16", "int8"], default="float16")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--runner", default="FnApiRunner")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--root", default=None, help="where artifacts go (default: a temporary directory)")
+    p.add_argument("--skip-pipeline", action="store_true")
+    p.add_argument("--reader-windows", type=int, default=0,
+                   help="also time LabelStore.transitions/trajectories on a random store of this many windows")
+    p.add_argument("--reader-batch", type=int, default=128, help="batch size of the reader benchmark")
+    return p.parse_args(argv)
+
+
+def bench_encoder(teacher: torch.nn.Module, cfg: TeacherModelConfig, n: int, batch: int, device: torch.device) -> float:
+    """labels/s of teacher.encode on full random contexts (after one warm-up batch)."""
+    x = torch.randint(0, cfg.vocab_size, (min(batch, n), cfg.context_len), device=device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    with torch.inference_mode(), autocast:
+        teacher.encode(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start, done = time.perf_counter(), 0
+        while done < n:
+            teacher.encode(x)
+            done += len(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return done / (time.perf_counter() - start)
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads)"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    cfg = TeacherModelConfig(
+        vocab_size=args.vocab_size, width=args.width, heads=args.heads, encoder_depth=args.encoder_depth,
+        decoder_depth=args.decoder_depth, memory_tokens=args.memory_tokens, memory_dim=args.memory_dim,
+        context_len=args.context_len, future_len=args.future_len,
+    )
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    teacher = build_teacher(cfg).to(device).eval()
+    result: dict = {
+        "bench": "labels",
+        "device": describe_device(device),
+        "command": "python " + shlex.join(["bench/bench_labels.py", *(argv if argv is not None else sys.argv[1:])]),
+        "model": cfg.model_dump(),
+        "params": sum(p.numel() for p in teacher.parameters()),
+        "batch_size": args.batch_size,
+        "encoder_labels": args.encoder_labels,
+        "encoder_labels_per_s": round(bench_encoder(teacher, cfg, args.encoder_labels, args.batch_size, device), 1),
+    }
+    if not args.skip_pipeline:
+        result.update(bench_pipeline(args, cfg, teacher))
+    if args.reader_windows:
+        result.update(bench_reader(args, cfg))
+    print(json.dumps(result))
+    return result
+
+
+def bench_pipeline(args: argparse.Namespace, cfg: TeacherModelConfig, teacher: torch.nn.Module) -> dict:
+    root = args.root or tempfile.mkdtemp(prefix="smt-bench-labels-")
+    length = args.trajectory_len + 1 + 8
+    docs = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(args.windows, length))
+    np.save(f"{root}/tokens.npy", docs)
+    tokens = build_tokens_artifact(
+        TokensConfig(source="npy", url=f"{root}/tokens.npy", vocab_size=cfg.vocab_size, test_fraction=0), root
+    )
+    config = TeacherTrainConfig(model=cfg).model_dump(mode="json")
+    ref = plan_artifact(root, "teacher", config, {"tokens": tokens.hash})
+    save_module(ref.join(TEACHER_FILE), teacher)
+    publish_manifest(ref, config, {"tokens": tokens.hash})
+    spec = LabelSpec(
+        trajectory_len=args.trajectory_len, num_windows=args.windows, shard_windows=args.shard_windows,
+        batch_size=args.batch_size, dtype=args.dtype, device=args.device,
+    )
+    beam = BeamConfig(runner=args.runner, num_workers=args.workers)
+    start = time.perf_counter()
+    store = materialize_labels(tokens.url, ref.url, spec, beam, root)
+    seconds = time.perf_counter() - start
+    manifest = read_manifest(store.url, "labels")
+    labels = manifest.counts["labels"]
+    return {
+        "pipeline_runner": f"{args.runner} x{args.workers}",
+        "trajectory_len": args.trajectory_len,
+        "windows": manifest.counts["num_windows"],
+        "labels": labels,
+        "pipeline_seconds": round(seconds, 2),
+        "pipeline_labels_per_s": round(labels / seconds, 1),
+        "worker_labels_per_s": round(labels / manifest.stats["encode_seconds"], 1),
+        "store": store.url,
+    }
+
+
+def bench_reader(args: argparse.Namespace, cfg: TeacherModelConfig) -> dict:
+    """Transitions/s and trajectories/s read back from a store of random (RMS-normalised) labels."""
+    from pipelines.label_units import write_unit
+    from pipelines.materialize_labels import finalize
+    from store.label_layout import LabelGeometry, create_template, open_arrays
+    from store.labels import LabelStore
+
+    root = args.root or tempfile.mkdtemp(prefix="smt-bench-reader-")
+    spec = LabelSpec(trajectory_len=args.trajectory_len, num_windows=args.reader_windows, dtype=args.dtype)
+    ref = plan_artifact(root, "labels", spec.model_dump(mode="json"), {"tokens": "0" * 64, "teacher": "1" * 64})
+    g = LabelGeometry.build(spec, cfg, args.reader_windows)
+    create_template(ref.url, g, {})
+    arrays, rng = open_arrays(ref.url, "r+"), np.random.default_rng(0)
+    start = time.perf_counter()
+    for shard in range(g.num_shards):
+        n = np.subtract(*g.shard_range(shard)[::-1])
+        m = rng.standard_normal((n, g.steps, g.memory_size), dtype=np.float32)
+        x = rng.integers(0, cfg.vocab_size, (n, g.positions))
+        write_unit(ref.url, arrays, g, shard, x, x, m, np.zeros((n, g.steps), np.float32))
+    write_seconds = time.perf_counter() - start
+    windows = np.arange(g.num_windows)
+    plan = pa.table({"window": windows, "doc_id": windows, "anchor": windows * 0, "split": ["train"] * len(windows),
+                     "shard": (windows // g.shard_windows).astype(np.int32)})
+    finalize(ref, g, plan, spec.model_dump(mode="json"), {"tokens": "0" * 64, "teacher": "1" * 64})
+    store = LabelStore.open(ref.url)
+    start, count = time.perf_counter(), 0
+    for batch in store.transitions(args.reader_batch, seed=0):
+        count += len(batch.m)
+    transitions_s = count / (time.perf_counter() - start)
+    start, count = time.perf_counter(), 0
+    stored = torch.float16 if args.dtype == "float16" else torch.float32
+    for batch in store.transitions(args.reader_batch, seed=0, dtype=stored):
+        count += len(batch.m)
+    transitions_f16_s = count / (time.perf_counter() - start)
+    start, count = time.perf_counter(), 0
+    for traj in store.trajectories(max(1, args.reader_batch // 8), seed=0):
+        count += len(traj.memory)
+    return {
+        "reader_windows": g.num_windows,
+        "reader_store_bytes": store.inspect()["size_on_disk_bytes"],
+        "reader_write_mb_per_s": round(g.window_bytes() * g.num_windows / write_seconds / 1e6, 1),
+        "transitions_per_s": round(transitions_s, 1),
+        "transitions_per_s_stored_dtype": round(transitions_f16_s, 1),  # no float32 conversion on the CPU
+        "trajectories_per_s": round(count / (time.perf_counter() - start), 1),
+    }
+
+
+if __name__ == "__main__":
+    main()

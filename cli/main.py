@@ -1,0 +1,178 @@
+"""The `smt` command: the whole flow, one subcommand per stage, store tools and reports.
+
+User mistakes (a bad path, a corrupt file, a store from another teacher, a config typo) print one
+line and exit with status 2; set SMT_DEBUG=1 to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.table import Table
+
+from schemas.config import ConfigError, PipelineConfig, load_config
+from store.artifacts import ArtifactError
+
+app = typer.Typer(help="Supervised Memory Training: pretrain RNNs from stored teacher memories.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+store_app = typer.Typer(help="Inspect and verify label stores.", no_args_is_help=True)
+app.add_typer(store_app, name="store")
+console = Console(stderr=True)
+
+ConfigArg = Annotated[str, typer.Argument(help="pipeline YAML config, e.g. configs/demo.yaml")]
+RootOpt = Annotated[str | None, typer.Option("--root", help="override the config's artifact root URL")]
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from sources.errors import SourceError
+
+    return (ConfigError, ArtifactError, SourceError, FileNotFoundError)
+
+
+def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn user errors into one red line and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except _user_errors() as err:
+            if os.environ.get("SMT_DEBUG"):
+                raise
+            console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _config(path: str, root: str | None) -> PipelineConfig:
+    cfg = load_config(path)
+    return cfg.model_copy(update={"root": root}) if root else cfg
+
+
+@app.command()
+@friendly
+def run(config: ConfigArg, root: RootOpt = None) -> None:
+    """Run the whole Prefect flow (local ephemeral API unless PREFECT_API_URL is set)."""
+    from flows.smt_pipeline import smt_pipeline
+
+    cfg = _config(config, root)
+    report = smt_pipeline(cfg.model_dump(mode="json"))
+    typer.echo(f"report: {report}")
+
+
+def _stage_command(stage: str) -> Callable[..., None]:
+    def command(
+        config: ConfigArg,
+        root: RootOpt = None,
+        variant: Annotated[list[str] | None, typer.Option(help="only these variant names")] = None,
+    ) -> None:
+        from stages.chain import run_until
+
+        cfg = _config(config, root)
+        chosen = [v for v in cfg.variants if not variant or v.label in variant]
+        if variant and not chosen:
+            raise ConfigError(f"no variant named {variant}; the config has {[v.label for v in cfg.variants]}")
+        run_until(cfg, stage, chosen, log=lambda line: console.print(line, highlight=False))
+
+    command.__doc__ = f"Build the {stage} artifact (and whatever it needs) without Prefect."
+    return friendly(command)
+
+
+for _stage in ("tokens", "teacher", "distill", "dmt", "bptt", "evaluate"):
+    app.command(name=_stage)(_stage_command(_stage))
+
+
+@app.command()
+@friendly
+def labels(
+    config: ConfigArg,
+    root: RootOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the projected store size only")] = False,
+) -> None:
+    """Materialise the label store with Beam (after tokens and teacher), or project its size."""
+    from stages.chain import run_until
+
+    cfg = _config(config, root)
+    if dry_run:
+        from stages.labels import dry_run as project
+        from stages.tokens import tokens_stage
+
+        tokens = tokens_stage(cfg=cfg.tokens, root=cfg.root)
+        info = project(tokens.url, cfg.teacher.model, cfg.labels, cfg.beam)
+        console.print(f"projected label store: {info['projected_bytes'] / 1e9:.3f} GB "
+                      f"({info['windows']} windows, {info['labels']} labels, {info['units']} units)")
+        typer.echo(json.dumps(info, indent=2))
+        return
+    run_until(cfg, "labels", log=lambda line: console.print(line, highlight=False))
+
+
+@store_app.command("inspect")
+@friendly
+def store_inspect(url: Annotated[str, typer.Argument(help="label store URL")]) -> None:
+    """Spec, size, counts, label statistics and lineage of a label store."""
+    from store.labels import LabelStore
+
+    info = LabelStore.open(url).inspect()
+    table = Table(title=f"label store {url}", show_header=False)
+    for key, value in info.items():
+        shown = json.dumps(value, default=str) if isinstance(value, dict | list) else str(value)
+        table.add_row(str(key), shown)
+    Console().print(table)
+
+
+@store_app.command("verify")
+@friendly
+def store_verify(url: Annotated[str, typer.Argument(help="label store URL")]) -> None:
+    """Recompute chunk checksums and scan for NaNs; exit 1 when anything is wrong."""
+    from store.labels import LabelStore
+
+    problems = LabelStore.open(url).verify()
+    for problem in problems:
+        typer.echo(f"problem: {problem}")
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(f"ok: {url}")
+
+
+@app.command()
+@friendly
+def report(run: Annotated[str, typer.Argument(help="report directory or report.md path/URL")]) -> None:
+    """Print a run's Markdown report in the terminal."""
+    from store.artifacts import read_bytes
+
+    url = run if run.endswith(".md") else f"{run.rstrip('/')}/report.md"
+    try:
+        text = read_bytes(url).decode()
+    except FileNotFoundError:
+        raise ArtifactError(f"no report at {url}") from None
+    Console().print(Markdown(text))
+
+
+@app.command()
+@friendly
+def serve(
+    config: ConfigArg,
+    cron: Annotated[str, typer.Option(help="schedule in cron syntax")] = "0 3 * * *",
+    name: Annotated[str, typer.Option(help="deployment name")] = "smt-nightly",
+) -> None:
+    """Serve a scheduled deployment of the flow (needs a Prefect server, see the README)."""
+    from flows.deploy import serve_pipeline
+
+    serve_pipeline(_config(config, None), cron=cron, name=name)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,16 @@
+"""Scheduled runs: `smt serve CONFIG --cron ...` keeps a process that runs the flow on schedule.
+
+Start a server first (`prefect server start --host 127.0.0.1`) and point PREFECT_API_URL at it;
+runs then appear in the UI. `prefect.yaml` at the repository root is the declarative equivalent
+for `prefect deploy` with a work pool.
+"""
+
+from __future__ import annotations
+
+from flows.smt_pipeline import smt_pipeline
+from schemas.config import PipelineConfig
+
+
+def serve_pipeline(cfg: PipelineConfig, cron: str, name: str) -> None:
+    """Block, serving one deployment of the flow with this config as its parameters."""
+    smt_pipeline.serve(name=name, cron=cron, parameters={"config": cfg.model_dump(mode="json")})

@@ -1,0 +1,155 @@
+"""The Prefect flow: tokens -> teacher -> Beam labels -> per variant (distill -> DMT, BPTT) -> evaluate.
+
+The flow only wires stages. Every stage is content-addressed, so a task's cache key is the hash of
+the artifact it would produce: a re-run with the same config finds every artifact complete and
+does no work, and adding a variant trains only that variant against the existing label store.
+A deleted artifact is rebuilt (the key is only used while the artifact is complete on disk).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.futures import PrefectFuture
+
+from schemas.config import PipelineConfig, load_config
+from stages import plans
+from stages.bptt import bptt_stage
+from stages.distill import distill_stage
+from stages.dmt import dmt_stage
+from stages.evaluate import evaluate_stage
+from stages.labels import labels_stage
+from stages.report import plan_report, report_stage
+from stages.teacher import teacher_stage
+from stages.tokens import tokens_stage
+from store.artifacts import ArtifactRef, is_complete, read_manifest
+
+RETRIES = 2  # transient failures (a flaky object store, a preempted worker) are retried
+RETRY_DELAY_S = 5
+
+
+def _result_dir(root: str) -> Path:
+    """Prefect's persisted task results: beside local artifacts, else under PREFECT_HOME."""
+    if "://" not in root or root.startswith("file://"):
+        path = Path(root.removeprefix("file://")).resolve() / ".prefect-results"
+    else:
+        path = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")) / "smt-results"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _keyed_on(plan):
+    """Cache key = hash of the artifact the task would produce, while that artifact is complete."""
+
+    def cache_key(_ctx: Any, params: dict[str, Any]) -> str | None:
+        ref = plan(**params)
+        return ref.hash if is_complete(ref.url) else None
+
+    return cache_key
+
+
+def _stage_task(fn, plan, name: str):
+    return task(
+        fn,
+        name=name,
+        cache_key_fn=_keyed_on(plan),
+        persist_result=True,
+        result_serializer="json",
+        retries=RETRIES,
+        retry_delay_seconds=RETRY_DELAY_S,
+    )
+
+
+def _ref_dict(ref: ArtifactRef) -> dict[str, str]:
+    return {"url": ref.url, "hash": ref.hash, "kind": ref.kind}
+
+
+def _as_dict(stage):
+    """Tasks return plain dicts so Prefect persists them as JSON (no pickle anywhere)."""
+
+    @functools.wraps(stage)  # keeps the stage's signature: Prefect sees (and caches on) its real parameters
+    def run(**kwargs: Any) -> dict[str, str]:
+        return _ref_dict(stage(**kwargs))
+
+    return run
+
+
+tokens_task = _stage_task(_as_dict(tokens_stage), plans.plan_tokens, "tokens")
+teacher_task = _stage_task(_as_dict(teacher_stage), plans.plan_teacher, "teacher")
+labels_task = _stage_task(_as_dict(labels_stage), plans.plan_labels, "labels (Beam)")
+distill_task = _stage_task(_as_dict(distill_stage), plans.plan_distill, "distill")
+dmt_task = _stage_task(_as_dict(dmt_stage), plans.plan_dmt, "dmt")
+bptt_task = _stage_task(_as_dict(bptt_stage), plans.plan_bptt, "bptt")
+evaluate_task = _stage_task(_as_dict(evaluate_stage), plans.plan_evaluate, "evaluate")
+
+
+def _report(evaluation_url: str, lineage: dict[str, dict[str, str]], name: str) -> str:
+    """Write the run report and publish it, with a lineage table and links, as Prefect artifacts."""
+    report_url, markdown = report_stage(evaluation_url, lineage, name)
+    create_markdown_artifact(markdown=markdown, key="smt-report", description=f"SMT report: {name}")
+    rows = []
+    for role, ref in lineage.items():
+        manifest = read_manifest(ref["url"])
+        rows.append({"stage": role, "kind": ref["kind"], "hash": ref["hash"][:16], "url": ref["url"],
+                     "counts": ", ".join(f"{k}={v}" for k, v in manifest.counts.items())})
+    create_table_artifact(table=rows, key="smt-lineage", description="every artifact of this run")
+    if report_url.startswith("/"):
+        create_link_artifact(link=f"file://{report_url}", link_text="report.md", key="smt-report-file")
+    return report_url
+
+
+report_task = _stage_task(_report, plan_report, "report")
+
+
+def _seconds(ref: dict[str, str]) -> float | None:
+    """Wall-clock a distill stage spent training (for BPTT's 'match_smt_seconds' budget)."""
+    value = read_manifest(ref["url"]).stats.get("train_seconds")
+    return float(value) if value is not None else None
+
+
+@flow(name="smt-pipeline", log_prints=True)
+def smt_pipeline(config: dict[str, Any] | str) -> str:
+    """Run the whole pipeline for one config (a dict or a YAML path); returns the report path."""
+    cfg = load_config(config) if isinstance(config, str) else PipelineConfig.model_validate(config)
+    root = cfg.root
+    task_opts = {"result_storage": _result_dir(root)}
+
+    tokens = tokens_task.with_options(**task_opts)(cfg=cfg.tokens, root=root)
+    teacher = teacher_task.with_options(**task_opts)(tokens_url=tokens["url"], cfg=cfg.teacher, root=root)
+    labels = labels_task.with_options(**task_opts)(
+        tokens_url=tokens["url"], teacher_url=teacher["url"], spec=cfg.labels, beam=cfg.beam, root=root
+    )
+
+    distilled: dict[str, PrefectFuture] = {}
+    for variant in cfg.variants:
+        distilled[variant.label] = distill_task.with_options(**task_opts).submit(
+            labels_url=labels["url"], teacher_url=teacher["url"], variant=variant, cfg=cfg.distill, root=root
+        )
+    finals: dict[str, PrefectFuture] = {}
+    for variant in cfg.variants:
+        smt = distilled[variant.label].result()
+        finals[f"{variant.label}/smt+dmt"] = dmt_task.with_options(**task_opts).submit(
+            rnn_url=smt["url"], labels_url=labels["url"], teacher_url=teacher["url"], cfg=cfg.dmt, root=root
+        )
+        finals[f"{variant.label}/bptt"] = bptt_task.with_options(**task_opts).submit(
+            tokens_url=tokens["url"], variant=variant, teacher_url=teacher["url"], cfg=cfg.bptt, root=root,
+            smt_seconds=_seconds(smt) if cfg.bptt.budget == "match_smt_seconds" else None,
+        )
+    rnns = {f"{label}/smt": fut.result() for label, fut in distilled.items()}
+    rnns.update({key: fut.result() for key, fut in finals.items()})
+
+    evaluation = evaluate_task.with_options(**task_opts)(
+        rnn_urls={k: v["url"] for k, v in rnns.items()}, tokens_url=tokens["url"],
+        teacher_url=teacher["url"], labels_url=labels["url"], cfg=cfg.evaluate, root=root,
+    )
+    lineage = {"tokens": tokens, "teacher": teacher, "labels": labels, **rnns, "evaluation": evaluation}
+    report = report_task.with_options(**task_opts)(
+        evaluation_url=evaluation["url"], lineage=lineage, name=cfg.name
+    )
+    print(f"report: {report}")
+    return report

@@ -1,0 +1,39 @@
+"""Config -> module. The only place that knows which class a config field selects."""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from models.rnn import RNN, RNN_KINDS, DecoderReadout, MLPReadout
+from models.teacher import Decoder, Teacher
+from schemas.config import RNNConfig, TeacherModelConfig
+
+
+def build_teacher(cfg: TeacherModelConfig) -> Teacher:
+    """A freshly initialised teacher (encoder + decoder) of the given shape."""
+    return Teacher(cfg)
+
+
+def build_rnn(cfg: RNNConfig, teacher_cfg: TeacherModelConfig, teacher: Teacher | None = None) -> RNN:
+    """An RNN variant whose memory matches the teacher's (Z = K * D, vocabulary V).
+
+    readout="teacher_decoder": a deep copy of `teacher.decoder` (its memory projection, token embedding,
+    causal blocks and output layer), trainable and independent of the teacher afterwards. With
+    `teacher=None` a fresh decoder of the same shape is built instead, so the RNN can be constructed
+    before `load_state_dict` from a checkpoint (its keys are `readout_head.decoder.*`).
+    readout="mlp": the RNN's own MLP head (cfg.hidden units) over the flat memory.
+    """
+    if teacher is not None and teacher.cfg.memory_size != teacher_cfg.memory_size:
+        raise ValueError(
+            f"teacher memory size {teacher.cfg.memory_size} != teacher_cfg memory size {teacher_cfg.memory_size}"
+        )
+    head: nn.Module
+    if cfg.readout == "teacher_decoder":
+        decoder = copy.deepcopy(teacher.decoder) if teacher is not None else Decoder(teacher_cfg)
+        decoder.requires_grad_(True)
+        head = DecoderReadout(decoder)
+    else:
+        head = MLPReadout(teacher_cfg.memory_size, cfg.hidden, teacher_cfg.vocab_size)
+    return RNN_KINDS[cfg.kind](cfg, teacher_cfg, head)

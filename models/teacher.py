@@ -1,0 +1,110 @@
+"""The teacher: a bidirectional encoder writes memory, a causal decoder reads it (SPEC.md section 3).
+
+Positions. Rotary positions are counted from the right end of the context window: context token `i` of
+`Tc` sits at position `i - Tc` (the last real token is always at -1) and the `K` registers follow at
+`0 .. K-1`. Pad keys (-1) are masked out of attention and embed to zero, so a window's memory depends only
+on its real tokens: `encode([-1, -1, a, b])` equals `encode([-1, a, b])` and `encode([a, b])` up to float
+rounding, whatever `Tc` is.
+
+The decoder sees `[m as K tokens ; embed(x_fut)]` causally at positions `0 .. K+F-1`; the output at the
+last memory token (index K-1) is the readout, so `readout(m) == decode(m, empty)[:, 0]`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from models.layers import Stack, TokenEmbedding, rms_normalize
+from schemas.config import TeacherModelConfig
+
+
+def fsq_quantize(m: Tensor, step: float) -> Tensor:
+    """Round to a grid of `step` with a straight-through gradient (identity in the backward pass)."""
+    return m + (torch.round(m / step) * step - m).detach()
+
+
+class Encoder(nn.Module):
+    """Bidirectional Transformer over `[embed(x_ctx) ; K registers]`; registers' outputs are the memory."""
+
+    def __init__(self, cfg: TeacherModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = TokenEmbedding(cfg.vocab_size, cfg.width)
+        self.registers = nn.Parameter(torch.randn(cfg.memory_tokens, cfg.width) * 0.02)
+        self.stack = Stack(cfg.width, cfg.heads, cfg.encoder_depth, cfg.mlp_ratio, cfg.rope_base)
+        same = cfg.memory_dim == cfg.width
+        self.proj = nn.Identity() if same else nn.Linear(cfg.width, cfg.memory_dim, bias=False)
+
+    def forward(self, x_ctx: Tensor) -> Tensor:
+        """x_ctx (B, Tc) long, left-padded with -1 -> m (B, Z), each memory token with unit RMS."""
+        b, tc = x_ctx.shape
+        k = self.cfg.memory_tokens
+        h = torch.cat((self.embed(x_ctx), self.registers.expand(b, k, -1)), 1)
+        positions = torch.arange(tc + k, device=x_ctx.device) - tc
+        key_mask = torch.cat((x_ctx >= 0, torch.ones(b, k, dtype=torch.bool, device=x_ctx.device)), 1)
+        out = self.stack(h, positions, key_mask)[:, tc:]
+        m = rms_normalize(self.proj(out).float())
+        if self.cfg.fsq_step is not None:
+            m = fsq_quantize(m, self.cfg.fsq_step)
+        return m.flatten(1)
+
+
+class Decoder(nn.Module):
+    """Causal Transformer over `[m as K tokens ; embed(x_fut)]` plus the output layer to V.
+
+    Self-contained (own token embedding and output layer) so an RNN can take a deep copy as its readout.
+    """
+
+    def __init__(self, cfg: TeacherModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.memory_tokens = cfg.memory_tokens
+        same = cfg.memory_dim == cfg.width
+        self.memory_in = nn.Identity() if same else nn.Linear(cfg.memory_dim, cfg.width, bias=False)
+        self.embed = TokenEmbedding(cfg.vocab_size, cfg.width)
+        self.stack = Stack(cfg.width, cfg.heads, cfg.decoder_depth, cfg.mlp_ratio, cfg.rope_base)
+        self.head = nn.Linear(cfg.width, cfg.vocab_size, bias=False)
+
+    def forward(self, m: Tensor, x_fut: Tensor | None = None) -> Tensor:
+        """m (B, Z), x_fut (B, F) long or None -> logits (B, F+1, V); [:, j] predicts y_{t+j}."""
+        b, k = m.shape[0], self.memory_tokens
+        h = self.memory_in(m.view(b, k, -1).to(self.embed.weight.dtype))
+        if x_fut is not None and x_fut.shape[1] > 0:
+            h = torch.cat((h, self.embed(x_fut)), 1)
+        positions = torch.arange(h.shape[1], device=m.device)
+        out = self.stack(h, positions, causal=True)[:, k - 1 :]
+        return self.head(out)
+
+    def readout(self, m: Tensor) -> Tensor:
+        """Next-token logits from memory alone: m (B, Z) -> (B, V)."""
+        return self.forward(m)[:, 0]
+
+
+class Teacher(nn.Module):
+    """Encoder + decoder; `encode` makes memory labels, `decode` scores the future from them."""
+
+    def __init__(self, cfg: TeacherModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+
+    @property
+    def memory_size(self) -> int:
+        return self.cfg.memory_size
+
+    def encode(self, x_ctx: Tensor) -> Tensor:
+        """x_ctx (B, Tc) long, -1 = left pad -> m (B, Z)."""
+        return self.encoder(x_ctx)
+
+    def decode(self, m: Tensor, x_fut: Tensor | None = None) -> Tensor:
+        """m (B, Z), x_fut (B, F) -> logits (B, F+1, V); logits[:, 0] predicts y_t."""
+        return self.decoder(m, x_fut)
+
+    def readout(self, m: Tensor) -> Tensor:
+        """m (B, Z) -> logits (B, V) for y_t."""
+        return self.decoder.readout(m)
+
+    def forward(self, x_ctx: Tensor, x_fut: Tensor | None = None) -> Tensor:
+        return self.decode(self.encode(x_ctx), x_fut)

@@ -1,0 +1,1 @@
+"""Contracts between stages: configs, manifests, store layout and Arrow schemas."""

@@ -1,0 +1,276 @@
+"""Typed configs for every stage: YAML in, validated, every field defaulted and described.
+
+Numbers default to the published values of SPEC.md; `configs/demo.yaml` shrinks them for a CPU.
+Unknown keys are errors (`extra="forbid"`), so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SCHEMA_VERSION = 1  # bump when an artifact layout or manifest field changes incompatibly
+
+
+class StrictModel(BaseModel):
+    """Base for configs: unknown keys are rejected, models are immutable and hashable as JSON."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ----------------------------------------------------------------------------- models
+
+
+class TeacherModelConfig(StrictModel):
+    """Shape of the Transformer encoder-decoder teacher (SPEC.md section 3)."""
+
+    vocab_size: int = Field(256, ge=2, description="token vocabulary V; tokens are ints in [0, V)")
+    width: int = Field(256, ge=8, description="Transformer width of encoder and decoder")
+    heads: int = Field(8, ge=1, description="attention heads")
+    encoder_depth: int = Field(8, ge=1, description="bidirectional encoder blocks")
+    decoder_depth: int = Field(4, ge=1, description="causal decoder blocks")
+    mlp_ratio: int = Field(4, ge=1, description="hidden size of block MLPs as a multiple of width")
+    memory_tokens: int = Field(16, ge=1, description="K: memory tokens (encoder registers)")
+    memory_dim: int = Field(256, ge=4, description="D: width of one memory token; Z = K * D")
+    context_len: int = Field(256, ge=1, description="Tc: encoder context window (tokens)")
+    future_len: int = Field(64, ge=1, description="Tf: future tokens the decoder predicts")
+    fsq_step: float | None = Field(None, gt=0, description="finite scalar quantisation grid step; null = off")
+    rope_base: float = Field(10000.0, gt=0, description="rotary position embedding base")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> TeacherModelConfig:
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        return self
+
+    @property
+    def memory_size(self) -> int:
+        """Z = K * D, the flat memory size in floats."""
+        return self.memory_tokens * self.memory_dim
+
+
+RNNKind = Literal["transformer", "gru", "lstm", "mlp", "gated_linear"]
+
+
+class RNNConfig(StrictModel):
+    """One RNN variant: an updater (Z, token) -> Z plus a readout Z -> logits (SPEC.md section 5)."""
+
+    kind: RNNKind = Field("transformer", description="updater architecture")
+    name: str | None = Field(None, description="label in reports; defaults to kind")
+    width: int = Field(256, ge=8, description="transformer width / token embedding size of the cell")
+    depth: int = Field(8, ge=1, description="transformer blocks, or MLP hidden layers")
+    heads: int = Field(8, ge=1, description="attention heads (transformer updater)")
+    hidden: int = Field(1024, ge=8, description="hidden size of MLP updater / readout head")
+    readout: Literal["teacher_decoder", "mlp"] = Field(
+        "teacher_decoder", description="copy the teacher's decoder as readout, or train an MLP head"
+    )
+
+    @property
+    def label(self) -> str:
+        return self.name or self.kind
+
+
+# ----------------------------------------------------------------------------- optimisation
+
+
+class OptimConfig(StrictModel):
+    """AdamW with linear warm-up, then constant or cosine decay."""
+
+    lr: float = Field(3e-4, gt=0, description="peak learning rate")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
+    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1")
+    beta2: float = Field(0.95, ge=0, lt=1, description="AdamW beta2")
+    grad_clip: float = Field(1.0, gt=0, description="global grad-norm clip")
+    warmup_frac: float = Field(0.01, ge=0, le=1, description="fraction of steps with linear warm-up")
+    schedule: Literal["constant", "cosine"] = Field("constant", description="after warm-up")
+
+
+class RunConfig(StrictModel):
+    """Where and how a training loop runs."""
+
+    steps: int = Field(150_000, ge=0, description="optimiser steps")
+    batch_size: int = Field(128, ge=1, description="sequences (or transitions) per step, per process")
+    device: str = Field("auto", description="'auto' (cuda if present), 'cpu', 'cuda', 'cuda:1' …")
+    amp: bool = Field(True, description="bf16 autocast on CUDA (always fp32 on CPU)")
+    compile: bool = Field(False, description="torch.compile the model on CUDA")
+    seed: int = Field(0, description="seed for init, sampling and shuffling")
+    log_every: int = Field(50, ge=1, description="steps between logged metrics")
+    checkpoint_every: int = Field(1000, ge=1, description="steps between resumable checkpoints")
+    max_seconds: float | None = Field(None, gt=0, description="stop after this wall-clock budget")
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+SourceKind = Literal["synthetic", "mnist_idx", "text", "jsonl", "parquet", "npy", "sketch_idx"]
+TaskName = Literal["retrieval", "copy", "stack", "keys_values", "modular", "parity"]
+
+
+class TokensConfig(StrictModel):
+    """Where tokens come from and how documents are split into train/test."""
+
+    source: SourceKind = Field("synthetic", description="reader to use")
+    url: str | None = Field(None, description="fsspec URL or glob of the input files (not for synthetic)")
+    task: TaskName = Field("retrieval", description="synthetic task")
+    task_params: dict[str, Any] = Field(default_factory=dict, description="task keyword arguments")
+    num_docs: int = Field(2000, ge=1, description="synthetic documents to generate")
+    text_column: str = Field("text", description="column / JSON key holding text (jsonl, parquet)")
+    non_ascii: Literal["replace", "drop"] = Field("replace", description="bytes >= 128 -> '?' or removed")
+    test_fraction: float = Field(0.05, ge=0, lt=1, description="documents held out for evaluation")
+    seed: int = Field(0, description="seed of synthetic data and of the split")
+    max_docs: int | None = Field(None, ge=1, description="read at most this many documents")
+    vocab_size: int | None = Field(
+        None, ge=2, le=32767, description="npy: tokens must lie in [0, V); null = max token + 1"
+    )
+    sketch_threshold: int = Field(128, ge=1, le=255, description="sketch_idx: pixel >= this is ink")
+    chunk_len: int | None = Field(
+        None, ge=1, description="cut file documents into pieces of at most this many tokens; null = whole"
+    )
+
+    @model_validator(mode="after")
+    def _url_needed(self) -> TokensConfig:
+        if self.source != "synthetic" and not self.url:
+            raise ValueError(f"source '{self.source}' needs a url")
+        return self
+
+
+class TeacherTrainConfig(StrictModel):
+    """Teacher training: joint L_dec + L_dyn + L_unif with a reference Transformer updater."""
+
+    model: TeacherModelConfig = Field(default_factory=TeacherModelConfig, description="teacher shape")
+    updater: RNNConfig = Field(default_factory=RNNConfig, description="reference updater for L_dyn")
+    run: RunConfig = Field(default_factory=RunConfig, description="loop settings")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="optimiser")
+    dec_weight: float = Field(1.0, ge=0, description="weight of L_dec")
+    dyn_weight: float = Field(0.1, ge=0, description="weight of L_dyn (Markov shaping)")
+    unif_weight: float = Field(0.001, ge=0, description="weight of L_unif")
+    gamma: float = Field(1.0, gt=0, le=1, description="future position j weighted by gamma**j")
+    unif_t: float = Field(2.0, gt=0, description="temperature t of the uniformity loss")
+    unif_samples: int = Field(512, ge=2, description="memory tokens sampled for L_unif")
+
+
+class LabelSpec(StrictModel):
+    """Which windows the label store holds and how (ARCHITECTURE.md, 'The label store')."""
+
+    trajectory_len: int = Field(256, ge=1, description="L: transitions per window (L+1 memories); >= dmt.rollout_len")
+    num_windows: int | None = Field(1024, ge=1, description="windows to sample; null = all at `stride`")
+    stride: int = Field(256, ge=1, description="step between window anchors when num_windows is null")
+    split: Literal["train", "test", "all"] = Field("train", description="documents to label")
+    dtype: Literal["float16", "int8"] = Field("float16", description="memory storage type")
+    shard_windows: int = Field(16, ge=1, description="windows per shard = one Beam work unit")
+    batch_size: int = Field(512, ge=1, description="contexts per encoder forward pass")
+    device: str = Field("auto", description="encoder device in workers")
+    seed: int = Field(0, description="seed of window sampling")
+
+
+class BeamConfig(StrictModel):
+    """Beam runner settings; anything in `options` is passed through as pipeline flags."""
+
+    runner: str = Field("FnApiRunner", description="FnApiRunner, DirectRunner, FlinkRunner, SparkRunner, Dataflow…")
+    num_workers: int = Field(2, ge=1, description="local worker processes (direct runners)")
+    options: list[str] = Field(default_factory=list, description="extra pipeline flags, e.g. --flink_master=…")
+
+
+class DistillConfig(StrictModel):
+    """SMT: regression of an RNN's update on stored transitions, plus its readout."""
+
+    run: RunConfig = Field(default_factory=lambda: RunConfig(steps=20_000, batch_size=128))
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    readout_weight: float = Field(1.0, ge=0, description="weight of readout cross-entropy on stored memories")
+
+
+class DMTConfig(StrictModel):
+    """DAgger Memory Training fine-tune (SPEC.md section 6, published defaults)."""
+
+    run: RunConfig = Field(default_factory=lambda: RunConfig(steps=1500, batch_size=32))
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=3e-5, schedule="cosine"))
+    rollout_len: int = Field(256, ge=1, description="Td: steps rolled out on the RNN's own memories")
+    pull_every: int = Field(16, ge=1, description="k: pull toward the encoder memory every k-th step")
+    dyn_weight: float = Field(10.0, ge=0, description="weight of the memory pull (MSE)")
+    readout_weight: float = Field(1.0, ge=0, description="weight of readout CE on own memories")
+    dec_weight: float = Field(1.0, ge=0, description="weight of frozen-decoder L_dec on own memories")
+    unif_weight: float = Field(0.01, ge=0, description="weight of L_unif on own memories")
+
+
+class BPTTConfig(StrictModel):
+    """Baseline: the same RNN unrolled from its initial memory with full backpropagation."""
+
+    run: RunConfig = Field(default_factory=lambda: RunConfig(steps=20_000, batch_size=128))
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    seq_len: int = Field(64, ge=1, description="T: unrolled steps per sequence")
+    budget: Literal["steps", "seconds", "match_smt_seconds"] = Field(
+        "steps", description="stop on run.steps, on run.max_seconds, or on the SMT stage's wall-clock"
+    )
+
+
+class EvalConfig(StrictModel):
+    """Read loss per position, samples, and the teacher ceiling."""
+
+    prefix_len: int = Field(64, ge=1, description="tokens the teacher reads before the RNN takes over")
+    steps: int = Field(128, ge=1, description="N: positions scored after the prefix / from init")
+    num_sequences: int = Field(256, ge=1, description="test sequences scored")
+    num_samples: int = Field(4, ge=0, description="continuations sampled for the report")
+    sample_len: int = Field(128, ge=1, description="tokens per sampled continuation")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature")
+    batch_size: int = Field(64, ge=1, description="sequences per forward pass")
+    device: str = Field("auto", description="evaluation device")
+    seed: int = Field(0, description="seed of sampling")
+
+
+class PipelineConfig(StrictModel):
+    """The whole flow: tokens -> teacher -> labels -> (distill -> DMT, BPTT) per variant -> evaluate -> report."""
+
+    name: str = Field("smt", description="run name shown in Prefect and the report")
+    root: str = Field("runs", description="fsspec URL under which content-addressed artifacts live")
+    tokens: TokensConfig = Field(default_factory=TokensConfig)
+    teacher: TeacherTrainConfig = Field(default_factory=TeacherTrainConfig)
+    labels: LabelSpec = Field(default_factory=LabelSpec)
+    beam: BeamConfig = Field(default_factory=BeamConfig)
+    variants: list[RNNConfig] = Field(default_factory=lambda: [RNNConfig()], description="RNNs to train")
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    dmt: DMTConfig = Field(default_factory=DMTConfig)
+    bptt: BPTTConfig = Field(default_factory=BPTTConfig)
+    evaluate: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PipelineConfig:
+        labels = [v.label for v in self.variants]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"variant names must be unique, got {labels}")
+        if self.dmt.rollout_len > self.labels.trajectory_len:
+            raise ValueError(
+                f"dmt.rollout_len ({self.dmt.rollout_len}) exceeds labels.trajectory_len "
+                f"({self.labels.trajectory_len}): the store holds no memories that far"
+            )
+        return self
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message is one line meant for the user."""
+
+
+def load_config(path: str | Path, model: type[StrictModel] = PipelineConfig) -> Any:
+    """Read a YAML config and validate it, turning pydantic errors into one readable line each."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{path}: " + "; ".join(_describe(e) for e in err.errors())) from err
+
+
+def _describe(error: dict[str, Any]) -> str:
+    where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"unknown key '{where}'"
+    return f"{where}: {error['msg']}"

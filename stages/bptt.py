@@ -1,0 +1,127 @@
+"""BPTT baseline stage: the same RNN variant unrolled from its initial memory with full backprop.
+
+Trained on the same tokens artifact (train split) the teacher was trained on, with crops of
+`seq_len` tokens (documents no longer than that are taken whole from their start, right-padded).
+Budget: `run.steps`, `run.max_seconds`, or the SMT stage's wall-clock (budget='match_smt_seconds').
+
+Fair comparison: for readout="teacher_decoder" the BPTT RNN gets the same readout *architecture* as
+the SMT RNN, initialised from the teacher's trained decoder weights (and then trained by BPTT), so the
+only difference between the two is how the updater learned, not how good a readout it started with.
+The teacher is used for nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from models.build import build_rnn
+from schemas.config import BPTTConfig, RNNConfig
+from schemas.layout import SPLIT_TRAIN
+from stages.crops import DocumentCrops
+from stages.plans import plan_bptt
+from stages.rnn_io import CHECKPOINT_DIR, publish_rnn
+from stages.teacher import load_teacher, teacher_config
+from store.artifacts import ArtifactRef, is_complete, open_artifact, require_parent
+from store.tokens import TokensArtifact
+from training.distributed import init_distributed, rank_device, rank_seed
+from training.loop import TrainLoop, resolve_device
+from training.prefetch import Prefetcher
+from training.steps import bptt_step_loss
+
+
+def bptt_budget(cfg: BPTTConfig, smt_seconds: float | None) -> tuple[int, float | None]:
+    """(max steps, max seconds) for the chosen budget; seconds budgets keep run.steps as a cap
+    (it also sets the length of the LR schedule)."""
+    if cfg.budget == "steps":
+        return cfg.run.steps, cfg.run.max_seconds
+    if cfg.budget == "seconds":
+        if cfg.run.max_seconds is None:
+            raise ValueError("bptt.budget='seconds' needs bptt.run.max_seconds")
+        return cfg.run.steps, cfg.run.max_seconds
+    if smt_seconds is None or smt_seconds <= 0:
+        raise ValueError("bptt.budget='match_smt_seconds' needs the SMT stage's seconds (smt_seconds)")
+    return cfg.run.steps, float(smt_seconds)
+
+
+def bptt_stage(
+    tokens_url: str,
+    variant: RNNConfig,
+    teacher_url: str,
+    cfg: BPTTConfig,
+    root: str,
+    smt_seconds: float | None = None,
+) -> ArtifactRef:
+    """Train (or find) the BPTT baseline of `variant`; publishes kind "rnn" with parents
+    {"tokens", "teacher"} (teacher: the source of the readout init, and the lineage evaluation checks)."""
+    ref = plan_bptt(
+        tokens_url=tokens_url,
+        variant=variant,
+        teacher_url=teacher_url,
+        cfg=cfg,
+        root=root,
+        smt_seconds=smt_seconds,
+    )
+    if is_complete(ref.url):
+        return ref
+    steps, max_seconds = bptt_budget(cfg, smt_seconds)
+    tokens_ref, _ = open_artifact(tokens_url, "tokens")
+    teacher, teacher_manifest = load_teacher(teacher_url)
+    require_parent(teacher_manifest, "tokens", tokens_ref.hash, f"teacher {teacher_url}")
+    model_cfg = teacher_config(teacher_manifest).model
+    train = DocumentCrops(TokensArtifact.open(tokens_url), SPLIT_TRAIN)
+    device = resolve_device(cfg.run.device)
+    ctx = init_distributed(device)
+    device = rank_device(device, ctx)
+
+    torch.manual_seed(cfg.run.seed)
+    rnn = build_rnn(variant, model_cfg, teacher)  # readout: teacher-decoder init, see module doc
+    del teacher
+
+    def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return bptt_step_loss(rnn, batch[0], batch[1])
+
+    def batches(start_step: int) -> Prefetcher:
+        def source() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            rng = np.random.default_rng(rank_seed(cfg.run.seed, ctx.rank, "bptt-data", start_step))
+            while True:
+                x, y = train.windows(rng, cfg.run.batch_size, cfg.seq_len)
+                yield torch.from_numpy(x), torch.from_numpy(y)
+
+        return Prefetcher(source, pin_memory=device.type == "cuda")
+
+    run = cfg.run.model_copy(update={"steps": steps})
+    loop = TrainLoop(
+        {"rnn": rnn},
+        loss_fn,
+        batches,
+        run,
+        cfg.optim,
+        checkpoint_url=ref.join(CHECKPOINT_DIR),
+        device=device,
+        items_per_step=cfg.run.batch_size * cfg.seq_len,
+        max_seconds=max_seconds,
+        name=f"bptt {variant.label}",
+    )
+    result = loop.run()
+    if ctx.is_main:
+        stats = {
+            "budget": cfg.budget,
+            "budget_seconds": max_seconds,
+            "tokens_per_s": result.step * cfg.run.batch_size * cfg.seq_len * ctx.world_size / max(result.seconds, 1e-9),
+            "step_seconds": result.seconds / max(result.step, 1),
+            "world_size": ctx.world_size,
+            "device": str(device),
+        }
+        parents = {"tokens": tokens_ref.hash, "teacher": teacher_manifest.hash}
+        config = {
+            "stage": "bptt",
+            "variant": variant.model_dump(mode="json"),
+            "train": cfg.model_dump(mode="json"),
+            "smt_seconds": smt_seconds,
+        }
+        publish_rnn(ref, config, parents, rnn, model_cfg, result, stats)
+    ctx.barrier()
+    return ref

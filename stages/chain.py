@@ -1,0 +1,69 @@
+"""Run the stages in order without Prefect, up to a chosen one (what `smt <stage> CONFIG` does).
+
+Every stage returns at once when its artifact is already complete, so asking for a late stage
+re-uses whatever earlier stages have already published.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from schemas.config import PipelineConfig, RNNConfig
+from store.artifacts import ArtifactRef, read_manifest
+
+STAGES = ("tokens", "teacher", "labels", "distill", "dmt", "bptt", "evaluate")
+
+
+def run_until(
+    cfg: PipelineConfig, last: str, variants: list[RNNConfig] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, ArtifactRef]:
+    """Build every artifact up to `last` (inclusive); returns role -> ref."""
+    if last not in STAGES:
+        raise ValueError(f"unknown stage '{last}', expected one of {', '.join(STAGES)}")
+    from stages.bptt import bptt_stage
+    from stages.distill import distill_stage
+    from stages.dmt import dmt_stage
+    from stages.evaluate import evaluate_stage
+    from stages.labels import labels_stage
+    from stages.teacher import teacher_stage
+    from stages.tokens import tokens_stage
+
+    wanted = STAGES[: STAGES.index(last) + 1]
+    variants = variants or list(cfg.variants)
+    root = cfg.root
+    refs: dict[str, ArtifactRef] = {}
+
+    def done(role: str, ref: ArtifactRef) -> ArtifactRef:
+        refs[role] = ref
+        log(f"{role}: {ref.url}")
+        return ref
+
+    tokens = done("tokens", tokens_stage(cfg=cfg.tokens, root=root))
+    if "teacher" not in wanted:
+        return refs
+    teacher = done("teacher", teacher_stage(tokens_url=tokens.url, cfg=cfg.teacher, root=root))
+    if "labels" not in wanted:
+        return refs
+    labels = done("labels", labels_stage(
+        tokens_url=tokens.url, teacher_url=teacher.url, spec=cfg.labels, beam=cfg.beam, root=root))
+    if last == "labels":
+        return refs
+    for variant in variants:
+        if "distill" in wanted:
+            smt = done(f"{variant.label}/smt", distill_stage(
+                labels_url=labels.url, teacher_url=teacher.url, variant=variant, cfg=cfg.distill, root=root))
+        if "dmt" in wanted:
+            done(f"{variant.label}/smt+dmt", dmt_stage(
+                rnn_url=smt.url, labels_url=labels.url, teacher_url=teacher.url, cfg=cfg.dmt, root=root))
+        if "bptt" in wanted:
+            seconds = read_manifest(smt.url).stats.get("train_seconds")
+            done(f"{variant.label}/bptt", bptt_stage(
+                tokens_url=tokens.url, variant=variant, teacher_url=teacher.url, cfg=cfg.bptt, root=root,
+                smt_seconds=seconds if cfg.bptt.budget == "match_smt_seconds" else None))
+    if last == "evaluate":
+        rnn_urls = {role: ref.url for role, ref in refs.items() if ref.kind == "rnn"}
+        done("evaluation", evaluate_stage(
+            rnn_urls=rnn_urls, tokens_url=tokens.url, teacher_url=teacher.url, labels_url=labels.url,
+            cfg=cfg.evaluate, root=root))
+    return refs

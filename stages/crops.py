@@ -1,0 +1,88 @@
+"""Fixed-length crops of a tokens artifact's documents, for the stages that read tokens directly
+(teacher training, BPTT, evaluation). Label-store stages never come here.
+
+Crops are numpy int64 arrays padded with -1 outside their document, sampled from a caller-owned
+`numpy.random.Generator` so every stream is reproducible from its seed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from store.tokens import TokensArtifact
+
+
+class DocumentCrops:
+    """The documents of one split as flat arrays plus their offsets and lengths."""
+
+    def __init__(self, tokens: TokensArtifact, split: str) -> None:
+        ids = tokens.doc_ids(split)
+        if ids.size == 0:
+            raise ValueError(f"the tokens artifact has no '{split}' documents")
+        self.split = split
+        # the artifact's concatenated (int16) arrays, shared: no second copy of a large corpus
+        self.offsets = tokens.index.column("offset").to_numpy()[ids].astype(np.int64)
+        self.lengths = tokens.index.column("length").to_numpy()[ids].astype(np.int64)
+        self.x = tokens.tokens
+        self.y = tokens.targets
+
+    @property
+    def num_docs(self) -> int:
+        return int(self.lengths.size)
+
+    def _gather(self, docs: np.ndarray, starts: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """x, y (B, length): document positions starts .. starts+length-1, -1 outside the document."""
+        pos = starts[:, None] + np.arange(length)[None, :]
+        n = self.lengths[docs][:, None]
+        valid = (pos >= 0) & (pos < n)
+        flat = self.offsets[docs][:, None] + np.clip(pos, 0, np.maximum(n - 1, 0))
+        x = np.where(valid, self.x[flat], -1).astype(np.int64)  # stored int16; torch embeddings want int64
+        y = np.where(valid, self.y[flat], -1).astype(np.int64)
+        return x, y
+
+    def anchored(self, rng: np.random.Generator, batch: int, before: int, after: int) -> tuple[np.ndarray, np.ndarray]:
+        """Crops x[a-before .. a+after] (B, before+1+after) around anchors a drawn uniformly among all
+        positions that have a next token, so the anchor sits at index `before` with its full left
+        context (left-padded only at a real document start, exactly like stored labels)."""
+        weights = np.maximum(self.lengths - 1, 0).astype(np.float64)
+        if weights.sum() == 0:
+            weights = np.ones_like(weights)
+        cum = np.cumsum(weights)
+        u = rng.random(batch) * cum[-1]
+        docs = np.minimum(np.searchsorted(cum, u, side="right"), self.num_docs - 1)
+        local = np.floor(u - (cum[docs] - weights[docs])).astype(np.int64)
+        anchors = np.clip(local, 0, np.maximum(self.lengths[docs] - 2, 0))
+        return self._gather(docs, anchors - before, before + 1 + after)
+
+    def scored(
+        self, rng: np.random.Generator, count: int, before: int, after: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Like `anchored`, but anchors drawn (without replacement when possible) among positions
+        whose target is scored (y >= 0): synthetic tasks score few positions, and a ceiling measured
+        on unscored anchors would be empty."""
+        docs, anchors = [], []
+        for d, (offset, length) in enumerate(zip(self.offsets, self.lengths, strict=True)):
+            local = np.flatnonzero(self.y[offset : offset + length] >= 0)
+            docs.append(np.full(local.size, d, dtype=np.int64))
+            anchors.append(local)
+        all_docs, all_anchors = np.concatenate(docs), np.concatenate(anchors)
+        if all_docs.size == 0:
+            empty = np.zeros((0, before + 1 + after), dtype=np.int64)
+            return empty, empty.copy()
+        pick = np.sort(rng.choice(all_docs.size, size=min(count, all_docs.size), replace=False))
+        return self._gather(all_docs[pick], all_anchors[pick] - before, before + 1 + after)
+
+    def windows(self, rng: np.random.Generator, batch: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """Crops of `length` tokens starting at a uniform offset (documents picked by length); a
+        document no longer than `length` is taken whole from its start and right-padded, so short
+        synthetic tasks are always seen complete."""
+        p = self.lengths / self.lengths.sum()
+        docs = rng.choice(self.num_docs, size=batch, p=p)
+        room = np.maximum(self.lengths[docs] - length, 0)
+        starts = np.floor(rng.random(batch) * (room + 1)).astype(np.int64)
+        return self._gather(docs, starts, length)
+
+    def prefixes(self, count: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first `length` tokens of the first `count` documents (deterministic; evaluation)."""
+        docs = np.arange(min(count, self.num_docs))
+        return self._gather(docs, np.zeros_like(docs), length)

@@ -1,0 +1,115 @@
+"""SMT distillation stage: regress an RNN's update onto stored teacher transitions.
+
+No teacher forward passes and no unrolling: every batch is `run.batch_size` independent transitions
+`(m_t, x_{t+1}) -> m_{t+1}` read from the label store (SPEC.md section 6), so the step is fully data
+parallel and its cost does not depend on sequence length. The readout is either the teacher's decoder
+(copied, already matched to these memories, so it is frozen here and only DMT fine-tunes it) or an MLP
+head trained by cross-entropy on the stored memories `m_{t+1}` (never on the RNN's predictions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from models.build import build_rnn
+from schemas.config import DistillConfig, RNNConfig
+from schemas.layout import SPLIT_TRAIN
+from stages.plans import plan_distill
+from stages.rnn_io import CHECKPOINT_DIR, publish_rnn
+from stages.teacher import load_teacher, teacher_config
+from store.artifacts import ArtifactError, ArtifactRef, is_complete
+from store.labels import LabelStore, Transitions
+from training.distributed import init_distributed, rank_device, rank_seed
+from training.loop import TrainLoop, resolve_device
+from training.prefetch import Prefetcher
+from training.steps import smt_step_loss
+
+
+def open_store_for(labels_url: str, teacher_hash: str, memory_size: int) -> LabelStore:
+    """Open the store, refusing one made by another teacher or with another memory size."""
+    try:
+        store = LabelStore.open(labels_url, expect_teacher=teacher_hash, expect_memory_size=memory_size)
+    except ArtifactError as err:
+        raise ArtifactError(f"refusing label store: {err}") from err
+    splits = store.index.column("split").to_pylist()
+    if SPLIT_TRAIN not in splits:
+        raise ArtifactError(
+            f"label store {labels_url} holds no '{SPLIT_TRAIN}' windows (split={store.spec.split}): "
+            "RNNs are only trained on training documents"
+        )
+    return store
+
+
+def distill_stage(labels_url: str, teacher_url: str, variant: RNNConfig, cfg: DistillConfig, root: str) -> ArtifactRef:
+    """Train (or find) the SMT RNN `variant` on the label store; publishes kind "rnn".
+
+    Parents {"labels", "teacher"}; stats carry `transitions_per_s` and `seconds` (the wall-clock that
+    BPTT's budget='match_smt_seconds' matches). Resumes from `_checkpoint/` after a kill.
+    """
+    ref = plan_distill(labels_url=labels_url, teacher_url=teacher_url, variant=variant, cfg=cfg, root=root)
+    if is_complete(ref.url):
+        return ref
+    teacher, teacher_manifest = load_teacher(teacher_url)
+    model_cfg = teacher_config(teacher_manifest).model
+    store = open_store_for(labels_url, teacher_manifest.hash, model_cfg.memory_size)
+    device = resolve_device(cfg.run.device)
+    ctx = init_distributed(device)
+    device = rank_device(device, ctx)
+
+    torch.manual_seed(cfg.run.seed)
+    rnn = build_rnn(variant, model_cfg, teacher)
+    del teacher  # SMT never runs the teacher
+    train_readout = variant.readout != "teacher_decoder" and cfg.readout_weight > 0
+    if variant.readout == "teacher_decoder":
+        rnn.readout_head.requires_grad_(False)  # the teacher's own readout of these very memories
+
+    def loss_fn(batch: Transitions) -> dict[str, torch.Tensor]:
+        y_next = batch.y_next if train_readout else None
+        return smt_step_loss(rnn, batch.m, batch.x_next, batch.m_next, y_next, cfg.readout_weight)
+
+    def batches(start_step: int) -> Prefetcher:
+        seed = rank_seed(cfg.run.seed, ctx.rank, "distill", start_step) % (2**32)
+
+        def source() -> Iterator[Transitions]:
+            return store.transitions(
+                cfg.run.batch_size, seed=seed, shuffle=True, split=SPLIT_TRAIN, epochs=None, drop_last=True
+            )
+
+        return Prefetcher(source, pin_memory=device.type == "cuda")
+
+    loop = TrainLoop(
+        {"rnn": rnn},
+        loss_fn,
+        batches,
+        cfg.run,
+        cfg.optim,
+        checkpoint_url=ref.join(CHECKPOINT_DIR),
+        device=device,
+        items_per_step=cfg.run.batch_size,
+        name=f"distill {variant.label}",
+    )
+    result = loop.run()
+    if ctx.is_main:
+        rnn.readout_head.requires_grad_(True)
+        transitions = result.step * cfg.run.batch_size * ctx.world_size
+        resumed = result.resumed_from or 0
+        trained_here = (result.step - resumed) * cfg.run.batch_size * ctx.world_size
+        stats = {
+            "transitions": transitions,
+            "transitions_per_s": transitions / max(result.seconds, 1e-9),
+            "transitions_per_s_last": float(np.nanmean([r["items_per_s"] for r in result.metrics[-3:]]))
+            if result.metrics
+            else None,
+            "trained_this_run": trained_here,
+            "world_size": ctx.world_size,
+            "device": str(device),
+            "label_store_windows": store.num_windows,
+        }
+        parents = {"labels": store.hash, "teacher": teacher_manifest.hash}
+        config = {"stage": "distill", "variant": variant.model_dump(mode="json"), "train": cfg.model_dump(mode="json")}
+        publish_rnn(ref, config, parents, rnn, model_cfg, result, stats)
+    ctx.barrier()
+    return ref

@@ -1,0 +1,101 @@
+"""DAgger Memory Training stage: fine-tune a distilled RNN on its own rollouts (SPEC.md section 6).
+
+Trajectories (encoder memories for Td+1 consecutive positions plus their tokens) come from the label
+store, so DMT never runs the encoder either. The teacher is loaded only for its frozen decoder, which
+scores the RNN's own memories when `dec_weight > 0` (L_dec through a decoder that is not trained).
+The published defaults live in DMTConfig: Td=256, k=16, weights dyn 10 / readout 1 / dec 1 / unif 0.01,
+AdamW lr 3e-5 cosine, batch 32, 1,500 steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from schemas.config import DMTConfig
+from schemas.layout import SPLIT_TRAIN
+from stages.distill import open_store_for
+from stages.plans import plan_dmt
+from stages.rnn_io import CHECKPOINT_DIR, load_rnn, publish_rnn
+from stages.teacher import load_teacher, teacher_config
+from store.artifacts import ArtifactError, ArtifactRef, is_complete, require_parent
+from store.labels import Trajectories
+from training.distributed import init_distributed, rank_device, rank_seed
+from training.loop import TrainLoop, resolve_device
+from training.prefetch import Prefetcher
+from training.steps import dmt_step_loss
+
+
+def dmt_stage(rnn_url: str, labels_url: str, teacher_url: str, cfg: DMTConfig, root: str) -> ArtifactRef:
+    """Fine-tune the RNN at `rnn_url` with DMT; publishes a new kind "rnn" artifact.
+
+    Parents {"init": the distilled RNN, "labels", "teacher"}. Refuses an RNN or store that was made
+    from another teacher, and a rollout longer than the store's trajectories.
+    """
+    ref = plan_dmt(rnn_url=rnn_url, labels_url=labels_url, teacher_url=teacher_url, cfg=cfg, root=root)
+    if is_complete(ref.url):
+        return ref
+    teacher, teacher_manifest = load_teacher(teacher_url)
+    model_cfg = teacher_config(teacher_manifest).model
+    rnn, init_manifest = load_rnn(rnn_url)
+    require_parent(init_manifest, "teacher", teacher_manifest.hash, f"RNN {rnn_url}")
+    store = open_store_for(labels_url, teacher_manifest.hash, rnn.memory_size)
+    if cfg.rollout_len > store.L:
+        raise ArtifactError(
+            f"dmt.rollout_len {cfg.rollout_len} exceeds the label store's trajectory_len {store.L}: "
+            "re-materialise labels with a longer trajectory_len or shorten the rollout"
+        )
+    device = resolve_device(cfg.run.device)
+    ctx = init_distributed(device)
+    device = rank_device(device, ctx)
+
+    torch.manual_seed(cfg.run.seed)
+    rnn.requires_grad_(True)
+    rnn.train()
+    decoder = None
+    if cfg.dec_weight > 0:
+        decoder = teacher.decoder.to(device).eval().requires_grad_(False)
+    del teacher
+    generator = torch.Generator(device=device)
+    generator.manual_seed(rank_seed(cfg.run.seed, ctx.rank, "dmt-loss"))
+
+    def loss_fn(batch: Trajectories) -> dict[str, torch.Tensor]:
+        return dmt_step_loss(rnn, batch.memory, batch.x, batch.y, cfg, decoder, generator)
+
+    def batches(start_step: int) -> Prefetcher:
+        seed = rank_seed(cfg.run.seed, ctx.rank, "dmt", start_step) % (2**32)
+
+        def source() -> Iterator[Trajectories]:
+            return store.trajectories(
+                cfg.run.batch_size, length=cfg.rollout_len, seed=seed, split=SPLIT_TRAIN, epochs=None
+            )
+
+        return Prefetcher(source, pin_memory=device.type == "cuda")
+
+    loop = TrainLoop(
+        {"rnn": rnn},
+        loss_fn,
+        batches,
+        cfg.run,
+        cfg.optim,
+        checkpoint_url=ref.join(CHECKPOINT_DIR),
+        device=device,
+        items_per_step=cfg.run.batch_size * cfg.rollout_len,
+        generators={"loss": generator},
+        name=f"dmt {rnn.cfg.label}",
+    )
+    result = loop.run()
+    if ctx.is_main:
+        stats = {
+            "step_seconds": result.seconds / max(result.step, 1),
+            "rollout_steps_per_s": result.step * cfg.run.batch_size * cfg.rollout_len / max(result.seconds, 1e-9),
+            "world_size": ctx.world_size,
+            "device": str(device),
+            "init_stats": {k: init_manifest.stats.get(k) for k in ("final_dyn", "final_readout", "seconds")},
+        }
+        parents = {"init": init_manifest.hash, "labels": store.hash, "teacher": teacher_manifest.hash}
+        config = {"stage": "dmt", "variant": init_manifest.config.get("variant"), "train": cfg.model_dump(mode="json")}
+        publish_rnn(ref, config, parents, rnn, model_cfg, result, stats)
+    ctx.barrier()
+    return ref

@@ -1,0 +1,218 @@
+"""Teacher stage: train the Transformer encoder-decoder jointly with a reference Transformer updater.
+
+The reference updater exists only to provide the dynamics loss L_dyn that makes the teacher's memory
+Markovian (SPEC.md section 4); it is saved too, because it is a ready-made SMT-style RNN and a useful
+sanity baseline. Artifact layout (kind "teacher"):
+
+    teacher-{hash16}/teacher.safetensors    Teacher state_dict
+                    /updater.safetensors    reference updater (RNN) state_dict
+                    /metrics.parquet        step, loss terms, lr, seconds (one row per log_every)
+                    /manifest.json          config = TeacherTrainConfig, parents {"tokens": hash}
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.build import build_rnn, build_teacher
+from schemas.config import TeacherTrainConfig
+from schemas.layout import SPLIT_TEST, SPLIT_TRAIN
+from schemas.manifest import Manifest
+from stages.crops import DocumentCrops
+from stages.plans import plan_teacher
+from store.artifacts import (
+    ArtifactError,
+    ArtifactRef,
+    is_complete,
+    open_artifact,
+    publish_manifest,
+)
+from store.tokens import TokensArtifact
+from store.weights import load_module, save_module
+from training.checkpoint import remove_checkpoints
+from training.distributed import init_distributed, rank_device, rank_seed
+from training.loop import LoopResult, TrainLoop, resolve_device, write_metrics
+from training.losses import token_cross_entropy
+from training.prefetch import Prefetcher
+from training.steps import teacher_step_loss
+
+TEACHER_FILE = "teacher.safetensors"
+UPDATER_FILE = "updater.safetensors"
+METRICS_FILE = "metrics.parquet"
+CHECKPOINT_DIR = "_checkpoint"  # inside the unfinished artifact; removed once it is published
+TEST_POSITIONS = 1024  # test anchors scored for the published L_dec0
+
+
+def teacher_config(manifest: Manifest) -> TeacherTrainConfig:
+    """The training config a teacher artifact was made with (its manifest.config)."""
+    try:
+        return TeacherTrainConfig.model_validate(manifest.config)
+    except Exception as err:  # pydantic ValidationError: name the artifact, not just the field
+        raise ArtifactError(f"teacher artifact {manifest.hash[:16]} has an unreadable config: {err}") from err
+
+
+def load_teacher(url: str, device: str | torch.device = "cpu") -> tuple[nn.Module, Manifest]:
+    """Rebuild the Teacher from its manifest config and load its safetensors weights (eval mode).
+
+    Returns (teacher, manifest); the manifest's hash is what lineage checks compare against.
+    """
+    ref, manifest = open_artifact(url, "teacher")
+    cfg = teacher_config(manifest)
+    teacher = build_teacher(cfg.model)
+    load_module(ref.join(TEACHER_FILE), teacher, device)
+    teacher.eval()
+    return teacher, manifest
+
+
+def load_reference_updater(
+    url: str, device: str | torch.device = "cpu", teacher: nn.Module | None = None
+) -> tuple[nn.Module, Manifest]:
+    """Rebuild the reference Transformer updater trained alongside the teacher (eval mode)."""
+    ref, manifest = open_artifact(url, "teacher")
+    cfg = teacher_config(manifest)
+    if teacher is None:
+        teacher = build_teacher(cfg.model)
+    updater = build_rnn(cfg.updater, cfg.model, teacher)
+    load_module(ref.join(UPDATER_FILE), updater, device)
+    updater.eval()
+    return updater, manifest
+
+
+def describe(manifest: Manifest) -> dict[str, Any]:
+    """Short summary for logs and the CLI."""
+    return {"hash": manifest.hash[:16], **manifest.stats}
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def teacher_stage(tokens_url: str, cfg: TeacherTrainConfig, root: str) -> ArtifactRef:
+    """Train (or find) the teacher for `tokens_url` and publish it under `root`.
+
+    Content-addressed: an existing complete artifact is returned without work. An unfinished one is
+    resumed from its `_checkpoint/` (a killed run continues where its last checkpoint left off).
+    Each step reads `run.batch_size` crops of Tc+Tf+1 tokens from train documents, anchored so that
+    the memory m_t sees a full context (left-padded only at a real document start).
+    """
+    tokens_ref, _ = open_artifact(tokens_url, "tokens")
+    config = cfg.model_dump(mode="json")
+    parents = {"tokens": tokens_ref.hash}
+    ref = plan_teacher(tokens_url=tokens_url, cfg=cfg, root=root)  # the flow's cache key, same address
+    if is_complete(ref.url):
+        return ref
+    tokens = TokensArtifact.open(tokens_url)
+    if tokens.vocab_size > cfg.model.vocab_size:
+        raise ArtifactError(
+            f"tokens artifact {tokens_ref.hash[:16]} has vocab_size {tokens.vocab_size} but the teacher's "
+            f"model.vocab_size is {cfg.model.vocab_size}: raise teacher.model.vocab_size"
+        )
+    device = resolve_device(cfg.run.device)
+    ctx = init_distributed(device)
+    device = rank_device(device, ctx)
+    train = DocumentCrops(tokens, SPLIT_TRAIN)
+    mc = cfg.model
+
+    torch.manual_seed(cfg.run.seed)  # identical init on every rank and every resume
+    teacher = build_teacher(mc)
+    updater = build_rnn(cfg.updater, mc, teacher)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(rank_seed(cfg.run.seed, ctx.rank, "teacher-loss"))
+    anchors_cache: dict[int, torch.Tensor] = {}
+
+    def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x, y = batch
+        if x.shape[0] not in anchors_cache:
+            anchors_cache[x.shape[0]] = torch.full((x.shape[0],), mc.context_len - 1, device=x.device)
+        return teacher_step_loss(teacher, updater, x, y, cfg, generator, anchors=anchors_cache[x.shape[0]])
+
+    def batches(start_step: int) -> Prefetcher:
+        def source() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            rng = np.random.default_rng(rank_seed(cfg.run.seed, ctx.rank, "teacher-data", start_step))
+            while True:
+                x, y = train.anchored(rng, cfg.run.batch_size, mc.context_len - 1, mc.future_len + 1)
+                yield torch.from_numpy(x), torch.from_numpy(y)
+
+        return Prefetcher(source, pin_memory=device.type == "cuda")
+
+    loop = TrainLoop(
+        {"teacher": teacher, "updater": updater},
+        loss_fn,
+        batches,
+        cfg.run,
+        cfg.optim,
+        checkpoint_url=ref.join(CHECKPOINT_DIR),
+        device=device,
+        generators={"loss": generator},
+        name="teacher",
+    )
+    result = loop.run()
+    if ctx.is_main:
+        _publish(ref, config, parents, teacher, updater, result, tokens, device)
+    ctx.barrier()
+    return ref
+
+
+def _publish(
+    ref: ArtifactRef,
+    config: dict[str, Any],
+    parents: dict[str, str],
+    teacher: nn.Module,
+    updater: nn.Module,
+    result: LoopResult,
+    tokens: TokensArtifact,
+    device: torch.device,
+) -> None:
+    """Write weights and metrics, then the manifest (last), then drop the checkpoint."""
+    head = getattr(updater, "readout_head", None)
+    if head is not None and hasattr(head, "decoder"):
+        # the updater's readout was copied from the *initial* decoder; give it the trained one
+        head.decoder.load_state_dict(teacher.decoder.state_dict())  # type: ignore[attr-defined]
+    teacher.eval()
+    test = test_dec0(teacher, tokens, device)
+    save_module(ref.join(TEACHER_FILE), teacher)
+    save_module(ref.join(UPDATER_FILE), updater)
+    write_metrics(ref.join(METRICS_FILE), result.metrics)
+    stats = {
+        "steps": result.step,
+        "seconds": result.seconds,
+        "stopped": result.stopped,
+        **{f"final_{k}": result.last(k) for k in ("loss", "dec", "dec0", "dyn", "unif") if result.metrics},
+        **test,
+    }
+    counts = {"parameters": sum(p.numel() for p in teacher.parameters())}
+    publish_manifest(ref, config, parents, counts=counts, stats=stats)
+    remove_checkpoints(ref.join(CHECKPOINT_DIR))
+
+
+@torch.no_grad()
+def test_dec0(
+    teacher: nn.Module,
+    tokens: TokensArtifact,
+    device: torch.device,
+    positions: int = TEST_POSITIONS,
+    seed: int = 0,
+) -> dict[str, float]:
+    """L_dec0 (nats and bits per token) on `positions` anchors of the test split, full contexts.
+
+    This is the ceiling an RNN reading the teacher's memory can approach (SPEC.md section 7).
+    Returns {} when the tokens artifact has no test documents.
+    """
+    if tokens.doc_ids(SPLIT_TEST).size == 0:
+        return {}
+    crops = DocumentCrops(tokens, SPLIT_TEST)
+    tc = teacher.cfg.context_len  # type: ignore[attr-defined]
+    x, y = crops.scored(np.random.default_rng(seed), positions, tc - 1, 0)
+    x_t, y_t = torch.from_numpy(x).to(device), torch.from_numpy(y[:, -1]).to(device)
+    total, count = 0.0, 0
+    for i in range(0, x.shape[0], 256):
+        logits = teacher.readout(teacher.encode(x_t[i : i + 256]))  # type: ignore[operator]
+        ce, valid = token_cross_entropy(logits, y_t[i : i + 256])
+        total, count = total + float(ce.sum()), count + int(valid.sum())
+    nats = total / max(count, 1)
+    return {"test_dec0_nats": nats, "test_dec0_bits": nats / math.log(2), "test_dec0_positions": count}

@@ -1,0 +1,1 @@
+"""Artifacts on any fsspec URL: manifests, tokens artifacts, label stores, checkpoints."""

@@ -1,0 +1,293 @@
+"""The label store reader: `LabelStore.open(url)` checks the manifest, then serves labels to training.
+
+A label store is written by `pipelines/materialize_labels.py`; its layout and alignment are spelled in
+`store/label_layout.py` and docs/architecture.md. Opening refuses an unfinished store (no manifest), a
+store from another teacher, or one whose memory size differs from the caller's, naming the field, so
+an RNN is never trained on labels that do not belong to its teacher. Everything on disk is also
+readable without this code: `xarray.open_zarr(url + "/data.zarr")` (named dims) and
+`pandas.read_parquet(url + "/index.parquet")`.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import zarr
+from fsspec.core import url_to_fs
+from zarr.core.buffer.cpu import NDBuffer
+
+from schemas.config import LabelSpec
+from schemas.layout import (
+    INDEX_FILE,
+    LABEL_DEC_LOSS_ARRAY,
+    LABEL_INDEX_SCHEMA,
+    LABEL_MEMORY_ARRAY,
+    LABEL_MEMORY_SCALE_ARRAY,
+    LABEL_TARGETS_ARRAY,
+    LABEL_TOKENS_ARRAY,
+)
+from schemas.manifest import Manifest, sha256_bytes
+from store.artifacts import ArtifactError, ArtifactRef, read_bytes, read_manifest
+from store.label_batches import Shard, Trajectories, Transitions, iter_trajectories, iter_transitions
+from store.label_layout import (
+    KIND,
+    LabelGeometry,
+    dequantize_int8,
+    open_arrays,
+    projected_store_bytes,
+    read_unit_record,
+)
+
+__all__ = ["LabelStore", "Trajectories", "Transitions", "projected_store_bytes"]
+STREAM_ARRAYS = (LABEL_MEMORY_ARRAY, LABEL_MEMORY_SCALE_ARRAY, LABEL_TOKENS_ARRAY, LABEL_TARGETS_ARRAY)
+_SHARD_OF_PATH = re.compile(r"/c/(\d+)(/|$)")
+
+
+class LabelStore:
+    """A complete label store: geometry from the manifest, arrays through Zarr, rows through the index."""
+
+    def __init__(self, ref: ArtifactRef, manifest: Manifest, arrays: dict[str, zarr.Array], index: pa.Table) -> None:
+        self.ref, self.manifest, self.arrays, self.index = ref, manifest, arrays, index
+        self.geometry = LabelGeometry.from_counts(manifest.counts, str(manifest.config.get("dtype", "float16")))
+        self._splits = index.column("split").to_numpy(zero_copy_only=False)
+
+    @classmethod
+    def open(
+        cls, url: str, expect_teacher: str | None = None, expect_memory_size: int | None = None,
+        expect_tokens: str | None = None,
+    ) -> LabelStore:
+        """Open a finished store; `expect_*` are lineage/shape checks whose failure names the field."""
+        manifest = read_manifest(url, KIND)
+        where = f"label store {url}"
+        for field, expected in (("teacher", expect_teacher), ("tokens", expect_tokens)):
+            actual = manifest.parents.get(field, "")
+            prefix_ok = expected is not None and len(expected) >= 16 and actual.startswith(expected)
+            if expected is not None and actual != expected and not prefix_ok:
+                raise ArtifactError(
+                    f"{where}: field 'parents.{field}' mismatch: made from {field} {actual[:16] or '(none)'}, "
+                    f"expected {expected[:16]}: these labels belong to another {field}"
+                )
+        counts = manifest.counts
+        if expect_memory_size is not None and counts.get("memory_size") != expect_memory_size:
+            raise ArtifactError(
+                f"{where}: field 'memory_size' mismatch: the store holds Z={counts.get('memory_size')} "
+                f"(K={counts.get('memory_tokens')} x D={counts.get('memory_dim')}), expected {expect_memory_size}"
+            )
+        ref = ArtifactRef(url=url.rstrip("/"), hash=manifest.hash, kind=KIND)
+        index = pq.read_table(io.BytesIO(read_bytes(ref.join(INDEX_FILE))))
+        store = cls(ref, manifest, open_arrays(ref.url, mode="r"), index)
+        for name, (shape, _, _) in store.geometry.array_specs().items():
+            if name not in store.arrays or store.arrays[name].shape != shape:
+                found = store.arrays[name].shape if name in store.arrays else "missing"
+                raise ArtifactError(f"{where}: array '{name}' has shape {found}, the manifest says {shape}")
+        return store
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def url(self) -> str:
+        return self.ref.url
+
+    @property
+    def hash(self) -> str:
+        return self.ref.hash
+
+    @property
+    def spec(self) -> LabelSpec:
+        return LabelSpec.model_validate(self.manifest.config)
+
+    @property
+    def teacher_hash(self) -> str:
+        return self.manifest.parents["teacher"]
+
+    @property
+    def tokens_hash(self) -> str:
+        return self.manifest.parents["tokens"]
+
+    @property
+    def Z(self) -> int:  # noqa: N802 - the paper's names
+        return self.geometry.memory_size
+
+    @property
+    def K(self) -> int:  # noqa: N802
+        return self.geometry.memory_tokens
+
+    @property
+    def D(self) -> int:  # noqa: N802
+        return self.geometry.memory_dim
+
+    @property
+    def L(self) -> int:  # noqa: N802
+        return self.geometry.trajectory_len
+
+    @property
+    def Tc(self) -> int:  # noqa: N802
+        return self.geometry.context_len
+
+    @property
+    def Tf(self) -> int:  # noqa: N802
+        return self.geometry.future_len
+
+    @property
+    def num_windows(self) -> int:
+        return self.geometry.num_windows
+
+    @property
+    def num_shards(self) -> int:
+        return self.geometry.num_shards
+
+    # ------------------------------------------------------------------ reading
+
+    def memory(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Decoded memories of windows [start, stop): (n, L+1, Z) float32."""
+        stop = self.num_windows if stop is None else stop
+        stored = self.arrays[LABEL_MEMORY_ARRAY][start:stop]
+        if self.geometry.dtype == "int8":
+            return dequantize_int8(stored, self.arrays[LABEL_MEMORY_SCALE_ARRAY][start:stop])
+        return np.asarray(stored, dtype=np.float32)
+
+    def read_shards(self, shards: list[int], split: str | None = None, reuse: Shard | None = None) -> Shard:
+        """Whole shards as stored, into `reuse`'s storage when it is big enough (no fresh allocation:
+        page faults on fresh buffers cost more than the read itself); `Shard.gather` decodes rows."""
+        ranges = [self.geometry.shard_range(s) for s in sorted(shards)]
+        n = sum(b - a for a, b in ranges)
+        names = [k for k in STREAM_ARRAYS if k in self.arrays]
+        storage = reuse.storage if reuse is not None and len(reuse.storage[LABEL_MEMORY_ARRAY]) >= n else None
+        if storage is None:
+            rows = max(n, len(shards) * self.geometry.shard_windows)
+            storage = {k: np.empty((rows, *self.arrays[k].shape[1:]), self.arrays[k].dtype) for k in names}
+        pos = 0
+        for a, b in ranges:
+            for k in names:
+                out = NDBuffer.from_numpy_array(storage[k][pos : pos + b - a])
+                self.arrays[k].get_basic_selection(slice(a, b), out=out)
+            pos += b - a
+        windows = np.concatenate([np.arange(a, b) for a, b in ranges])
+        valid = np.arange(n) if split is None else np.flatnonzero(self._splits[windows] == split)
+        view = {k: v[:n] for k, v in storage.items()}
+        return Shard(
+            view[LABEL_MEMORY_ARRAY], view.get(LABEL_MEMORY_SCALE_ARRAY), view[LABEL_TOKENS_ARRAY],
+            view[LABEL_TARGETS_ARRAY], valid, storage,
+        )
+
+    def transitions(
+        self, batch_size: int, seed: int = 0, shuffle: bool = True, split: str | None = None,
+        epochs: int | None = 1, shards_per_buffer: int = 4, drop_last: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ) -> Iterator[Transitions]:
+        """Batches of `Transitions` (m_t, x_next, m_next, y_next), every transition once per epoch.
+
+        Shuffling mixes `shards_per_buffer` random shards at a time (a bigger buffer mixes better and
+        costs memory: two buffers of shards_per_buffer * shard_windows * (L+1) * Z stored values, 540 MB
+        at the published size). epochs=None repeats forever with a new order each epoch; the stream is a
+        pure function of (store, seed, shards_per_buffer). dtype=torch.float16 (float16 stores) skips
+        the float32 conversion on the CPU, for trainers that convert on the GPU.
+        """
+        return iter_transitions(
+            lambda shards, reuse: self.read_shards(shards, split, reuse), self.num_shards, self.Tc, batch_size, seed,
+            shuffle, epochs, shards_per_buffer, drop_last, dtype,
+        )
+
+    def trajectories(
+        self, batch_size: int, length: int | None = None, seed: int = 0, shuffle: bool = True,
+        split: str | None = None, epochs: int | None = 1, shards_per_buffer: int = 4, drop_last: bool = True,
+        dtype: torch.dtype = torch.float32,
+    ) -> Iterator[Trajectories]:
+        """Batches of `Trajectories` of `length` (default L) transitions, one per window per epoch.
+
+        A window longer than `length` is cut at a random offset (seeded; offset 0 without shuffle).
+        See `Trajectories` for the alignment; `x, y` plug into `training.steps.dmt_step_loss`.
+        """
+        length = self.L if length is None else length
+        if not 1 <= length <= self.L:
+            raise ValueError(f"length {length} must be in 1..trajectory_len ({self.L}) of this store")
+        return iter_trajectories(
+            lambda shards, reuse: self.read_shards(shards, split, reuse), self.num_shards, self.Tc, self.Tf, length,
+            batch_size, seed, shuffle, epochs, shards_per_buffer, drop_last, dtype,
+        )
+
+    # ------------------------------------------------------------------ audit
+
+    def inspect(self) -> dict[str, Any]:
+        """What the store is, where it came from, how big it is and what its labels look like."""
+        fs, path = url_to_fs(self.url)
+        size = int(fs.du(path, total=True))
+        projected = self.geometry.window_bytes() * self.num_windows
+        m = self.manifest
+        return {
+            "url": self.url,
+            "hash": self.hash,
+            "schema_version": m.schema_version,
+            "created_at": m.created_at,
+            "spec": m.config,
+            "geometry": m.counts,
+            "size_on_disk_bytes": size,
+            "uncompressed_bytes": projected,
+            "compression_ratio": projected / size if size else None,
+            "windows_per_split": m.stats.get("windows_per_split", {}),
+            "label_stats": {k: m.stats.get(k) for k in ("memory", "dec_loss", "teacher_l_dec0")},
+            "lineage": dict(m.parents),
+            "packages": dict(m.packages),
+        }
+
+    def verify(self, scan: bool = True) -> list[str]:
+        """Problems found (empty = healthy): chunk checksums against the manifest and completion records,
+        the index, and (scan=True) non-finite memories and dec_loss NaNs at scored labels."""
+        problems: list[str] = []
+        checksums = self.manifest.checksums
+        for s in range(self.num_shards):
+            record = read_unit_record(self.url, s)
+            if record is None:
+                problems.append(f"shard {s}: completion record missing")
+            elif any(checksums.get(p) != c for p, c in record["checksums"].items()):
+                problems.append(f"shard {s}: completion record disagrees with the manifest checksums")
+        for path, expected in sorted(checksums.items()):
+            match = _SHARD_OF_PATH.search(path)
+            where = f"shard {match.group(1)}: " if match else ""
+            try:
+                actual = sha256_bytes(read_bytes(f"{self.url}/{path}"))
+            except FileNotFoundError:
+                problems.append(f"{where}{path} is missing")
+                continue
+            if actual != expected:
+                problems.append(f"{where}{path} checksum mismatch (stored bytes changed since it was written)")
+        problems += self._check_index()
+        if scan:
+            for s in range(self.num_shards):
+                problems += self._scan_shard(s)
+        return problems
+
+    def _check_index(self) -> list[str]:
+        index, n = self.index, self.num_windows
+        if not index.schema.equals(LABEL_INDEX_SCHEMA):
+            return [f"{INDEX_FILE}: schema {index.schema} differs from {LABEL_INDEX_SCHEMA}"]
+        window = index.column("window").to_numpy()
+        if index.num_rows != n or not np.array_equal(window, np.arange(n)):
+            return [f"{INDEX_FILE}: {index.num_rows} rows, expected windows 0..{n - 1} in order"]
+        if not np.array_equal(index.column("shard").to_numpy(), window // self.geometry.shard_windows):
+            return [f"{INDEX_FILE}: shard column does not match window // shard_windows"]
+        return []
+
+    def _scan_shard(self, s: int) -> list[str]:
+        w0, w1 = self.geometry.shard_range(s)
+        try:
+            memory = self.memory(w0, w1)
+            dec_loss = self.arrays[LABEL_DEC_LOSS_ARRAY][w0:w1]
+            targets = self.arrays[LABEL_TARGETS_ARRAY][w0:w1]
+        except Exception as err:  # a corrupted chunk usually fails to decompress
+            return [f"shard {s}: cannot be decoded: {type(err).__name__}: {err}"]
+        problems = []
+        bad = int((~np.isfinite(memory)).sum())
+        if bad:
+            problems.append(f"shard {s}: memory has {bad} NaN/inf values")
+        scored = targets[:, self.Tc - 1 : self.Tc - 1 + self.geometry.steps] >= 0
+        if int((np.isnan(dec_loss) & scored).sum()):
+            problems.append(f"shard {s}: dec_loss is NaN at {int((np.isnan(dec_loss) & scored).sum())} scored labels")
+        return problems

@@ -1,0 +1,20 @@
+"""Test-wide settings: Prefect keeps its files in a temporary home, progress bars stay quiet."""
+
+import os
+import tempfile
+
+import pytest
+
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="smt-prefect-home-"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("SMT_PROGRESS", "0")
+
+
+@pytest.fixture(scope="session")
+def label_env(tmp_path_factory: pytest.TempPathFactory):
+    """Tiny tokens + random teacher + a float16 label store, built once (tests/_fixtures_labels.py)."""
+    from _fixtures_labels import build_label_env
+
+    return build_label_env(str(tmp_path_factory.mktemp("label_env")))

@@ -1,0 +1,85 @@
+"""End to end: the demo flow under Prefect's test harness, then again (all cached), then with one
+more variant (only that variant trains). Uses the real Beam runner, Zarr store and Prefect API."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from schemas.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def _small_demo(root: Path, variants: list[dict]) -> dict:
+    """The demo config, with fewer steps so the test stays short on 2 cores."""
+    cfg = load_config(ROOT / "configs" / "demo.yaml").model_dump(mode="json")
+    cfg["root"] = str(root)
+    cfg["tokens"]["num_docs"] = 256
+    cfg["teacher"]["run"].update(steps=40, checkpoint_every=20)
+    cfg["labels"].update(num_windows=64, shard_windows=16)
+    cfg["distill"]["run"].update(steps=20, checkpoint_every=10)
+    cfg["dmt"]["run"].update(steps=4, checkpoint_every=2)
+    cfg["bptt"]["run"].update(steps=10, checkpoint_every=5)
+    cfg["evaluate"].update(steps=16, num_sequences=16, num_samples=1, sample_len=8)
+    cfg["variants"] = variants
+    return cfg
+
+
+def _task_states(flow_run_id) -> dict[str, list[str]]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    states: dict[str, list[str]] = {}
+    for run in runs:
+        states.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state.name)
+    return states
+
+
+def _run(cfg: dict):
+    from flows.smt_pipeline import smt_pipeline
+
+    state = smt_pipeline(cfg, return_state=True)
+    assert state.is_completed(), state
+    return state.result(), _task_states(state.state_details.flow_run_id)
+
+
+def test_demo_flow_runs_then_reuses_every_stage(prefect_api, tmp_path):
+    gru = {"kind": "gru", "width": 16, "hidden": 64, "readout": "mlp"}
+    transformer = {"kind": "transformer", "width": 64, "depth": 1, "heads": 4, "readout": "teacher_decoder"}
+    cfg = _small_demo(tmp_path / "runs", [transformer, gru])
+
+    report, first = _run(cfg)
+    assert Path(report).exists()
+    assert all(s == ["Completed"] * len(s) for s in first.values()), first
+    summary = pq.read_table(Path(report).parent.parent.glob("evaluation-*").__next__() / "summary.parquet")
+    losses = [v for col in summary.column_names for v in summary.column(col).to_pylist()
+              if isinstance(v, float)]
+    assert losses and all(math.isfinite(v) for v in losses), summary.to_pylist()
+    assert {r["rnn"] for r in summary.to_pylist()} >= {"transformer/smt", "gru/smt+dmt", "gru/bptt"}
+
+    report_again, second = _run(cfg)
+    assert report_again == report
+    assert all(s == ["Cached"] * len(s) for s in second.values()), second
+
+    cfg["variants"] = [transformer, gru, {"kind": "mlp", "width": 16, "depth": 1, "hidden": 64, "readout": "mlp"}]
+    _, third = _run(cfg)
+    for stage in ("tokens", "teacher", "labels (Beam)"):
+        assert third[stage] == ["Cached"], third
+    for stage in ("distill", "dmt", "bptt"):  # the two old variants are cached, only mlp trains
+        assert sorted(third[stage]) == ["Cached", "Cached", "Completed"], (stage, third)
+    assert third["evaluate"] == ["Completed"]

@@ -1,0 +1,153 @@
+"""Layers and teacher: shapes, label normalisation, padding invariance, causality, FSQ, window slicing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.build import build_teacher
+from models.layers import apply_rotary, normalize_memory, rms_normalize, rotary_tables
+from schemas.config import TeacherModelConfig
+from training.windows import context_windows, encode_positions, future_slices, gather_span
+
+V, K, D = 11, 4, 16
+
+
+def tiny_cfg(**overrides) -> TeacherModelConfig:
+    base = dict(
+        vocab_size=V,
+        width=32,
+        heads=4,
+        encoder_depth=2,
+        decoder_depth=2,
+        mlp_ratio=2,
+        memory_tokens=K,
+        memory_dim=D,
+        context_len=8,
+        future_len=4,
+    )
+    return TeacherModelConfig(**{**base, **overrides})
+
+
+@pytest.fixture
+def teacher():
+    torch.manual_seed(0)
+    return build_teacher(tiny_cfg()).eval()
+
+
+def token_rms(m: torch.Tensor) -> torch.Tensor:
+    return m.view(m.shape[0], K, D).pow(2).mean(-1).sqrt()
+
+
+def test_rms_normalize_gives_unit_rms_per_token():
+    m = normalize_memory(torch.randn(5, K * D) * 7.0, K)
+    torch.testing.assert_close(token_rms(m), torch.ones(5, K), atol=1e-5, rtol=0)
+    assert rms_normalize(torch.randn(3, 8)).pow(2).mean(-1).allclose(torch.ones(3), atol=1e-5)
+
+
+def test_rotary_scores_depend_only_on_position_differences():
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8)
+    scores = []
+    for offset in (0.0, -37.0, 100.0):
+        cos, sin = rotary_tables(torch.arange(6) + offset, 8, 10000.0)
+        scores.append(apply_rotary(q, cos, sin) @ apply_rotary(k, cos, sin).transpose(-1, -2))
+    torch.testing.assert_close(scores[0], scores[1], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(scores[0], scores[2], atol=1e-4, rtol=1e-4)
+    cos, sin = rotary_tables(torch.arange(6) * 2.0, 8, 10000.0)  # different gaps: different scores
+    stretched = apply_rotary(q, cos, sin) @ apply_rotary(k, cos, sin).transpose(-1, -2)
+    assert not torch.allclose(scores[0], stretched)
+
+
+def test_teacher_shapes_and_label_normalisation(teacher):
+    x = torch.randint(0, V, (3, 8))
+    m = teacher.encode(x)
+    assert m.shape == (3, K * D)
+    torch.testing.assert_close(token_rms(m), torch.ones(3, K), atol=1e-4, rtol=0)
+    assert teacher.decode(m, x[:, :5]).shape == (3, 6, V)
+    assert teacher.decode(m, x[:, :0]).shape == (3, 1, V)
+    torch.testing.assert_close(teacher.readout(m), teacher.decode(m, x[:, :3])[:, 0], atol=1e-5, rtol=1e-5)
+
+
+def test_padding_never_changes_the_memory_of_the_real_tokens(teacher):
+    real = torch.randint(0, V, (2, 5))
+    reference = teacher.encode(real)
+    for pads in (1, 3, 9):
+        padded = torch.cat((torch.full((2, pads), -1), real), 1)
+        torch.testing.assert_close(teacher.encode(padded), reference, atol=1e-5, rtol=1e-5)
+    # mixed padding in one batch: each row as if alone
+    batch = torch.tensor([[-1, -1, -1, 1, 2], [-1, 3, 4, 5, 6], [7, 8, 9, 10, 0]])
+    alone = [teacher.encode(row[row >= 0][None]) for row in batch]
+    torch.testing.assert_close(teacher.encode(batch), torch.cat(alone), atol=1e-5, rtol=1e-5)
+    # the check can fail: a changed real token or one more real token does change the memory
+    changed = real.clone()
+    changed[:, 0] = (changed[:, 0] + 1) % V
+    assert (teacher.encode(changed) - reference).abs().max() > 1e-3
+    longer = torch.cat((torch.zeros(2, 1, dtype=torch.long), real), 1)
+    assert (teacher.encode(longer) - reference).abs().max() > 1e-3
+
+
+def test_fully_padded_window_is_finite(teacher):
+    m = teacher.encode(torch.full((2, 8), -1))
+    assert torch.isfinite(m).all()
+
+
+def test_decoder_is_causal(teacher):
+    m = teacher.encode(torch.randint(0, V, (2, 8)))
+    x_fut = torch.randint(0, V, (2, 6))
+    base = teacher.decode(m, x_fut)
+    for j in range(6):
+        changed = x_fut.clone()
+        changed[:, j] = (changed[:, j] + 1) % V
+        logits = teacher.decode(m, changed)
+        # x_fut[:, j] sits at output index j+1: outputs 0..j cannot see it, output j+1 does
+        torch.testing.assert_close(logits[:, : j + 1], base[:, : j + 1], atol=1e-5, rtol=1e-5)
+        assert (logits[:, j + 1] - base[:, j + 1]).abs().max() > 1e-4
+
+
+def test_fsq_quantises_with_straight_through_gradient():
+    torch.manual_seed(0)
+    teacher = build_teacher(tiny_cfg(fsq_step=0.5))
+    m = teacher.encode(torch.randint(0, V, (4, 8)))
+    torch.testing.assert_close(m / 0.5, torch.round(m / 0.5), atol=1e-5, rtol=0)
+    m.pow(2).sum().backward()
+    grad = teacher.encoder.registers.grad
+    assert grad is not None and grad.abs().sum() > 0
+
+
+def test_width_equal_to_memory_dim_skips_projection():
+    teacher = build_teacher(tiny_cfg(width=16, heads=2, memory_dim=16))
+    m = teacher.encode(torch.randint(0, V, (2, 8)))
+    assert m.shape == (2, K * 16)
+    assert teacher.decode(m, torch.randint(0, V, (2, 3))).shape == (2, 4, V)
+
+
+def test_windows_match_a_python_reference():
+    torch.manual_seed(0)
+    x = torch.randint(0, V, (3, 10))
+    y = torch.randint(-1, V, (3, 10))
+    ends = torch.tensor([[0, 4, 9], [2, 3, 7], [9, 9, 1]])
+
+    def ref_span(row, start, length):
+        return [row[p].item() if 0 <= p < len(row) else -1 for p in range(start, start + length)]
+
+    ctx = context_windows(x, ends, 6)
+    assert ctx.shape == (3, 3, 6)
+    x_fut, y_fut = future_slices(x, y, ends, 4)
+    assert x_fut.shape == (3, 3, 3) and y_fut.shape == (3, 3, 4)
+    for b in range(3):
+        for i in range(3):
+            e = ends[b, i].item()
+            assert ctx[b, i].tolist() == ref_span(x[b], e - 5, 6)
+            assert x_fut[b, i].tolist() == ref_span(x[b], e + 1, 3)
+            assert y_fut[b, i].tolist() == ref_span(y[b], e, 4)
+    assert gather_span(x, torch.tensor([-3, 8, 20]), 4)[2].tolist() == [-1] * 4
+
+
+def test_encode_positions_matches_single_windows(teacher):
+    x = torch.randint(0, V, (2, 10))
+    ends = torch.arange(10).expand(2, 10)
+    memories = encode_positions(teacher, x, ends, batch_size=7)
+    assert memories.shape == (2, 10, K * D)
+    expected = teacher.encode(x[1:2, max(0, 6 - 7) : 7])  # window ending at 6, shorter than Tc=8
+    torch.testing.assert_close(memories[1, 6], expected[0], atol=1e-5, rtol=1e-5)

@@ -1,0 +1,105 @@
+"""RNN variants: shapes, normalised updates, readout copies, construction before a checkpoint load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.build import build_rnn, build_teacher
+from models.rnn import RNN_KINDS
+from schemas.config import RNNConfig, TeacherModelConfig
+
+V, K, D = 9, 4, 8
+TCFG = TeacherModelConfig(
+    vocab_size=V,
+    width=16,
+    heads=2,
+    encoder_depth=1,
+    decoder_depth=1,
+    mlp_ratio=2,
+    memory_tokens=K,
+    memory_dim=D,
+    context_len=6,
+    future_len=3,
+)
+
+
+def rnn_cfg(kind: str, readout: str = "mlp") -> RNNConfig:
+    return RNNConfig(kind=kind, width=16, depth=2, heads=2, hidden=24, readout=readout)
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    torch.manual_seed(0)
+    return build_teacher(TCFG)
+
+
+def assert_unit_token_rms(m: torch.Tensor) -> None:
+    rms = m.view(m.shape[0], K, D).pow(2).mean(-1).sqrt()
+    torch.testing.assert_close(rms, torch.ones_like(rms), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("readout", ["teacher_decoder", "mlp"])
+@pytest.mark.parametrize("kind", sorted(RNN_KINDS))
+def test_every_variant_has_the_interface_shapes_and_normalised_updates(teacher, kind, readout):
+    torch.manual_seed(0)
+    rnn = build_rnn(rnn_cfg(kind, readout), TCFG, teacher)
+    assert rnn.memory_size == K * D
+    m0 = rnn.init_memory(3)
+    assert m0.shape == (3, K * D)
+    assert_unit_token_rms(m0)
+    m = teacher.encode(torch.randint(0, V, (3, 6)))
+    x = torch.tensor([0, V - 1, -1])  # -1 (padding) must embed, not index out of range
+    m1 = rnn.update(m, x)
+    assert m1.shape == (3, K * D) and torch.isfinite(m1).all()
+    assert_unit_token_rms(m1)
+    assert not torch.allclose(m1, m), "update must change the memory"
+    m2 = rnn.update(m1 * 5.0, torch.tensor([1, 2, 3]))  # unnormalised input still gives labels' scale
+    assert_unit_token_rms(m2)
+    assert rnn.readout(m1).shape == (3, V)
+
+
+def test_update_depends_on_the_token(teacher):
+    for kind in RNN_KINDS:
+        torch.manual_seed(1)
+        rnn = build_rnn(rnn_cfg(kind), TCFG, teacher)
+        m = rnn.init_memory(2)
+        a, b = rnn.update(m, torch.tensor([1, 1])), rnn.update(m, torch.tensor([1, 2]))
+        torch.testing.assert_close(a[0], b[0])
+        assert (a[1] - b[1]).abs().max() > 1e-4, kind
+
+
+def test_teacher_decoder_readout_is_an_independent_copy(teacher):
+    rnn = build_rnn(rnn_cfg("transformer", "teacher_decoder"), TCFG, teacher)
+    m = teacher.encode(torch.randint(0, V, (2, 6)))
+    torch.testing.assert_close(rnn.readout(m), teacher.readout(m))
+    with torch.no_grad():
+        next(rnn.readout_head.parameters()).add_(1.0)
+    assert not torch.allclose(rnn.readout(m), teacher.readout(m)), "readout must not share weights"
+
+
+def test_rnn_without_teacher_loads_a_checkpoint(teacher):
+    torch.manual_seed(0)
+    trained = build_rnn(rnn_cfg("gru", "teacher_decoder"), TCFG, teacher)
+    fresh = build_rnn(rnn_cfg("gru", "teacher_decoder"), TCFG, None)
+    assert fresh.state_dict().keys() == trained.state_dict().keys()
+    m = trained.init_memory(2)
+    assert not torch.allclose(fresh.readout(m), trained.readout(m))
+    fresh.load_state_dict(trained.state_dict())
+    torch.testing.assert_close(fresh.readout(m), trained.readout(m))
+
+
+def test_updater_parameters_exclude_the_readout_head(teacher):
+    rnn = build_rnn(rnn_cfg("mlp", "teacher_decoder"), TCFG, teacher)
+    updater = {id(p) for p in rnn.updater_parameters()}
+    head = {id(p) for p in rnn.readout_head.parameters()}
+    assert updater and head and not updater & head
+    assert updater | head == {id(p) for p in rnn.parameters()}
+
+
+def test_lstm_memory_is_h_and_c_and_needs_an_even_size():
+    cfg = TeacherModelConfig(vocab_size=V, width=8, heads=1, memory_tokens=1, memory_dim=5)
+    with pytest.raises(ValueError, match="even"):
+        build_rnn(rnn_cfg("lstm"), cfg)
+    rnn = build_rnn(rnn_cfg("lstm"), TCFG)
+    assert rnn.cell.hidden_size == K * D // 2

@@ -1,0 +1,210 @@
+"""Teacher, distill, DMT, BPTT and evaluation stages on a tiny real pipeline (tests/_fixtures_training.py):
+artifact layouts, content addressing, lineage refusals and exact resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from _fixtures_labels import make_teacher, make_tokens
+from _fixtures_training import (
+    BPTT_CFG,
+    DISTILL_CFG,
+    DMT_CFG,
+    EVAL_CFG,
+    GRU,
+    TEACHER_CFG,
+    TRANSFORMER,
+    Chain,
+    build_chain,
+    state_equal,
+)
+
+from stages.bptt import bptt_stage
+from stages.distill import distill_stage
+from stages.dmt import dmt_stage
+from stages.eval_render import decode_text, is_pixel_data, plot_images
+from stages.evaluate import evaluate_stage
+from stages.rnn_io import load_rnn
+from stages.teacher import load_reference_updater, load_teacher, teacher_stage
+from store.artifacts import ArtifactError, read_manifest
+from training import loop as loop_mod
+from training.prefetch import Prefetcher
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on 2 shared cores run several times faster without intra-op threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> Chain:
+    return build_chain(str(tmp_path_factory.mktemp("train_chain")))
+
+
+@pytest.fixture(scope="module")
+def rnns(chain: Chain) -> dict[str, str]:
+    """name -> rnn artifact URL for SMT, SMT+DMT and BPTT of two variants."""
+    urls: dict[str, str] = {}
+    for variant in (TRANSFORMER, GRU):
+        smt = distill_stage(chain.labels.url, chain.teacher.url, variant, DISTILL_CFG, chain.root)
+        seconds = read_manifest(smt.url).stats["train_seconds"]
+        dmt = dmt_stage(smt.url, chain.labels.url, chain.teacher.url, DMT_CFG, chain.root)
+        cfg = BPTT_CFG.model_copy(update={"budget": "match_smt_seconds"}) if variant is GRU else BPTT_CFG
+        bptt = bptt_stage(chain.tokens.url, variant, chain.teacher.url, cfg, chain.root, smt_seconds=seconds)
+        urls.update(
+            {f"{variant.label}/smt": smt.url, f"{variant.label}/smt+dmt": dmt.url, f"{variant.label}/bptt": bptt.url}
+        )
+    return urls
+
+
+def test_teacher_artifact_layout_and_reuse(chain: Chain) -> None:
+    url = Path(chain.teacher.url)
+    assert {p.name for p in url.iterdir()} == {
+        "teacher.safetensors",
+        "updater.safetensors",
+        "metrics.parquet",
+        "manifest.json",
+    }  # the checkpoint directory is gone once published
+    manifest = read_manifest(chain.teacher.url, "teacher")
+    assert manifest.config == TEACHER_CFG.model_dump(mode="json")
+    assert manifest.parents == {"tokens": chain.tokens.hash}
+    assert manifest.stats["steps"] == TEACHER_CFG.run.steps and manifest.stats["test_dec0_bits"] > 0
+    metrics = pq.read_table(url / "metrics.parquet").to_pylist()
+    assert [r["step"] for r in metrics] == [4, 8, 12] and {"dec", "dyn", "unif", "lr"} <= set(metrics[0])
+    before = os.path.getmtime(url / "manifest.json")
+    assert teacher_stage(chain.tokens.url, TEACHER_CFG, chain.root) == chain.teacher  # complete: no work
+    assert os.path.getmtime(url / "manifest.json") == before
+    teacher, _ = load_teacher(chain.teacher.url)
+    updater, _ = load_reference_updater(chain.teacher.url, teacher=teacher)
+    # the reference updater carries the trained decoder, not the initial copy
+    assert state_equal(updater.readout_head.decoder, teacher.decoder)
+
+
+def test_teacher_stage_resumes_identically_after_a_kill(
+    chain: Chain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kill at step 8 (last checkpoint: 6), re-run the stage: same weights as the uninterrupted run."""
+    real_step = loop_mod.TrainLoop._train_step
+
+    def dying_step(self: loop_mod.TrainLoop, batch: object) -> dict[str, torch.Tensor]:
+        if self.step == 8:
+            raise RuntimeError("simulated kill")
+        return real_step(self, batch)
+
+    root = str(tmp_path)
+    tokens = make_tokens(root)  # same documents as the chain's (its URL, hence its hash, differs)
+    monkeypatch.setattr(loop_mod.TrainLoop, "_train_step", dying_step)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        teacher_stage(tokens.url, TEACHER_CFG, root)
+    monkeypatch.setattr(loop_mod.TrainLoop, "_train_step", real_step)
+    ref = teacher_stage(tokens.url, TEACHER_CFG, root)
+    assert read_manifest(ref.url).stats["steps"] == TEACHER_CFG.run.steps
+    resumed, _ = load_teacher(ref.url)
+    straight, _ = load_teacher(chain.teacher.url)
+    assert state_equal(resumed, straight)
+
+
+def test_training_stages_publish_rnn_artifacts(chain: Chain, rnns: dict[str, str]) -> None:
+    teacher, teacher_manifest = load_teacher(chain.teacher.url)
+    smt = read_manifest(rnns["transformer/smt"], "rnn")
+    assert smt.parents == {"labels": chain.labels.hash, "teacher": chain.teacher.hash}
+    assert smt.stats["transitions_per_s"] > 0 and smt.stats["transitions"] == 24 * 32
+    assert {p.name for p in Path(rnns["transformer/smt"]).iterdir()} == {
+        "rnn.safetensors",
+        "rnn.json",
+        "metrics.parquet",
+        "manifest.json",
+    }
+    recipe = json.loads((Path(rnns["transformer/smt"]) / "rnn.json").read_text())
+    assert recipe["variant"] == TRANSFORMER.model_dump(mode="json") and recipe["stage"] == "distill"
+    rnn, _ = load_rnn(rnns["transformer/smt"])
+    # SMT regresses the updater only: the copied teacher readout is the teacher's, untouched
+    assert state_equal(rnn.readout_head.decoder, teacher.decoder)
+    log = pq.read_table(Path(rnns["transformer/smt"]) / "metrics.parquet").to_pylist()
+    assert log[-1]["dyn"] < log[0]["dyn"]  # regression onto labels makes progress in 24 steps
+    gru_log = pq.read_table(Path(rnns["gru/smt"]) / "metrics.parquet").to_pylist()
+    assert "readout" in gru_log[0]  # the MLP head is trained by CE on stored memories
+
+    dmt = read_manifest(rnns["gru/smt+dmt"], "rnn")
+    assert dmt.parents["init"] == read_manifest(rnns["gru/smt"]).hash and dmt.config["stage"] == "dmt"
+    assert {"dyn", "readout", "dec", "unif"} <= set(
+        pq.read_table(Path(rnns["gru/smt+dmt"]) / "metrics.parquet").column_names
+    )
+
+    bptt = read_manifest(rnns["gru/bptt"], "rnn")
+    assert bptt.parents == {"tokens": chain.tokens.hash, "teacher": teacher_manifest.hash}
+    assert bptt.stats["budget"] == "match_smt_seconds"
+    assert bptt.stats["budget_seconds"] == read_manifest(rnns["gru/smt"]).stats["train_seconds"]
+    fresh_bptt, _ = load_rnn(rnns["transformer/bptt"])
+    assert fresh_bptt.readout_head.decoder.head.weight.shape == teacher.decoder.head.weight.shape
+
+
+def test_lineage_is_refused_with_a_clear_message(chain: Chain, rnns: dict[str, str], tmp_path: Path) -> None:
+    other = make_teacher(chain.root, chain.tokens, seed=7)  # same tokens, another (random) teacher
+    with pytest.raises(ArtifactError, match="teacher"):
+        distill_stage(chain.labels.url, other.url, GRU, DISTILL_CFG, str(tmp_path))
+    with pytest.raises(ArtifactError, match="do not belong together"):
+        dmt_stage(rnns["gru/smt"], chain.labels.url, other.url, DMT_CFG, str(tmp_path))
+    with pytest.raises(ArtifactError, match="do not belong together"):
+        evaluate_stage(rnns, chain.tokens.url, other.url, chain.labels.url, EVAL_CFG, str(tmp_path))
+
+
+def test_evaluation_artifact(chain: Chain, rnns: dict[str, str]) -> None:
+    ref = evaluate_stage(rnns, chain.tokens.url, chain.teacher.url, chain.labels.url, EVAL_CFG, chain.root)
+    names = {p.name for p in Path(ref.url).iterdir()}
+    assert {
+        "metrics.parquet",
+        "summary.parquet",
+        "read_loss_teacher.png",
+        "read_loss_init.png",
+        "samples.json",
+        "manifest.json",
+    } <= names
+    metrics = pq.read_table(Path(ref.url) / "metrics.parquet")
+    assert {"rnn", "mode", "start", "position", "loss_bits"} <= set(metrics.column_names)
+    rows = metrics.to_pylist()
+    assert {r["mode"] for r in rows} == {"smt", "smt+dmt", "bptt", "teacher_dec0"}
+    assert {r["start"] for r in rows} == {"teacher", "init"}
+    per_rnn = [r for r in rows if r["rnn"] == "gru/smt" and r["start"] == "init"]
+    assert [r["position"] for r in per_rnn] == list(range(EVAL_CFG.prefix_len, EVAL_CFG.prefix_len + EVAL_CFG.steps))
+    summary = pq.read_table(Path(ref.url) / "summary.parquet").to_pylist()
+    assert len(summary) == 1 + 2 * len(rnns) and all(r["mean_bits"] > 0 for r in summary)
+    manifest = read_manifest(ref.url, "evaluation")
+    assert manifest.parents["teacher"] == chain.teacher.hash and manifest.stats["samples"] == "text"
+    samples = json.loads((Path(ref.url) / "samples.json").read_text())
+    assert len(samples) == len(rnns) and all(len(s["continuation"]) <= EVAL_CFG.sample_len for s in samples)
+
+
+def test_pixel_samples_and_text_rendering(tmp_path: Path) -> None:
+    assert is_pixel_data(np.full(3, 784), 256) and not is_pixel_data(np.array([784, 10]), 256)
+    assert decode_text(np.array([72, 105, -1, 7])) == "Hi?"
+    plot_images(str(tmp_path / "s.png"), [np.arange(784) % 256] * 2, ["truth", "rnn"])
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_prefetcher_keeps_order_and_reraises() -> None:
+    def source():
+        yield from range(5)
+        raise ValueError("reader failed")
+
+    stream = Prefetcher(source, depth=2)
+    assert [next(stream) for _ in range(5)] == list(range(5))
+    with pytest.raises(ValueError, match="reader failed"):
+        next(stream)
+    stream.close()
+
+
+def test_evaluation_that_would_score_nothing_is_refused(chain: Chain, rnns: dict[str, str], tmp_path: Path) -> None:
+    far = EVAL_CFG.model_copy(update={"prefix_len": 500})  # past the end of every test document
+    with pytest.raises(ArtifactError, match="score nothing"):
+        evaluate_stage(rnns, chain.tokens.url, chain.teacher.url, chain.labels.url, far, str(tmp_path))

@@ -1,0 +1,289 @@
+"""Losses and training steps: values against hand computations, and where gradients may (not) flow."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.build import build_rnn, build_teacher
+from models.rnn import RNN
+from schemas.config import DMTConfig, RNNConfig, TeacherModelConfig, TeacherTrainConfig
+from training.losses import decoding_loss, dynamics_loss, masked_cross_entropy, uniformity_loss
+from training.steps import (
+    bptt_step_loss,
+    dmt_step_loss,
+    smt_all_positions_loss,
+    smt_step_loss,
+    teacher_step_loss,
+)
+
+V, K, D = 7, 2, 8
+TCFG = TeacherModelConfig(
+    vocab_size=V,
+    width=16,
+    heads=2,
+    encoder_depth=1,
+    decoder_depth=1,
+    mlp_ratio=2,
+    memory_tokens=K,
+    memory_dim=D,
+    context_len=5,
+    future_len=3,
+)
+RCFG = RNNConfig(kind="transformer", width=16, depth=1, heads=2, hidden=16, readout="teacher_decoder")
+
+
+@pytest.fixture
+def models():
+    torch.manual_seed(0)
+    teacher = build_teacher(TCFG)
+    return teacher, build_rnn(RCFG, TCFG, teacher)
+
+
+def tokens(b: int, t: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, V, (b, t), generator=g)
+    return x, torch.roll(x, -1, dims=1)
+
+
+def grads(loss: torch.Tensor, params) -> list[torch.Tensor | None]:
+    return list(torch.autograd.grad(loss, list(params), allow_unused=True, retain_graph=True))
+
+
+def nonzero(gs) -> bool:
+    return any(g is not None and g.abs().sum() > 0 for g in gs)
+
+
+def record_updates(rnn: RNN) -> list[torch.Tensor]:
+    """Patch rnn.update on this instance so every output is kept with retain_grad()."""
+    outputs: list[torch.Tensor] = []
+    original = rnn.update
+
+    def update(m, x):
+        out = original(m, x)
+        if out.requires_grad:
+            out.retain_grad()
+        outputs.append(out)
+        return out
+
+    rnn.update = update
+    return outputs
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def test_decoding_loss_weights_positions_and_masks_pads():
+    torch.manual_seed(0)
+    logits, targets = torch.randn(2, 3, V), torch.tensor([[1, -1, 2], [-1, 4, 5]])
+    dec, dec0 = decoding_loss(logits, targets, gamma=0.5)
+    ce = F.cross_entropy(logits.reshape(-1, V), targets.clamp(min=0).reshape(-1), reduction="none").view(2, 3)
+    w = torch.tensor([1.0, 0.5, 0.25])
+    weighted = ce[0, 0] * w[0] + ce[0, 2] * w[2] + ce[1, 1] * w[1] + ce[1, 2] * w[2]
+    expected = weighted / (w[0] + 2 * w[2] + w[1])
+    torch.testing.assert_close(dec, expected)
+    torch.testing.assert_close(dec0, ce[0, 0])
+    assert masked_cross_entropy(logits, torch.full((2, 3), -1)) == 0.0
+
+
+def test_dynamics_loss_masks_rows():
+    pred, target = torch.zeros(3, 4), torch.tensor([[1.0] * 4, [2.0] * 4, [100.0] * 4])
+    assert dynamics_loss(pred, target, torch.tensor([True, True, False])) == pytest.approx(2.5)
+    assert dynamics_loss(pred[:2], target[:2]) == pytest.approx(2.5)
+
+
+def test_uniformity_loss_is_zero_when_collapsed_and_negative_when_spread():
+    same = torch.ones(10, K * D)
+    assert uniformity_loss(same, K).item() == pytest.approx(0.0, abs=1e-6)
+    memory = torch.randn(100, K * D)
+    spread = uniformity_loss(memory, K, samples=64, generator=torch.Generator().manual_seed(0))
+    assert -2.0 * 4.0 <= spread < -1.0  # squared distances of unit vectors are <= 4, t = 2
+    again = uniformity_loss(memory, K, samples=64, generator=torch.Generator().manual_seed(0))
+    assert again == spread  # the sample is drawn from the given generator
+
+
+# ----------------------------------------------------------------------------- teacher step
+
+
+def test_teacher_step_matches_a_hand_computation(models):
+    teacher, updater = models
+    cfg = TeacherTrainConfig(model=TCFG, unif_weight=0.0)
+    x, y = tokens(2, 9)
+    anchors = torch.tensor([1, 6])
+    out = teacher_step_loss(teacher, updater, x, y, cfg, anchors=anchors)
+    pad = torch.full((2, TCFG.context_len), -1)
+    xp = torch.cat((pad, x, pad), 1)  # index p of x is p + Tc in xp
+    yp = torch.cat((pad, y, pad), 1)
+    tc, tf = TCFG.context_len, TCFG.future_len
+    ctx = torch.stack([xp[b, a + 1 : a + 1 + tc] for b, a in enumerate(anchors.tolist())])
+    ctx_next = torch.stack([xp[b, a + 2 : a + 2 + tc] for b, a in enumerate(anchors.tolist())])
+    x_fut = torch.stack([xp[b, a + 1 + tc : a + tc + tf] for b, a in enumerate(anchors.tolist())])
+    y_fut = torch.stack([yp[b, a + tc : a + tc + tf] for b, a in enumerate(anchors.tolist())])
+    m_t, m_next = teacher.encode(ctx), teacher.encode(ctx_next)
+    dec, dec0 = decoding_loss(teacher.decode(m_t, x_fut), y_fut)
+    dyn = F.mse_loss(updater.update(m_t, x[torch.arange(2), anchors + 1]), m_next)
+    torch.testing.assert_close(out["dec"], dec)
+    torch.testing.assert_close(out["dec0"], dec0)
+    torch.testing.assert_close(out["dyn"], dyn)
+    torch.testing.assert_close(out["loss"], dec + 0.1 * dyn)
+
+
+def test_teacher_dynamics_gradient_reaches_encoder_through_the_target_memory(models):
+    teacher, updater = models
+
+    class ConstantUpdater(RNN):  # ignores m: any encoder gradient of L_dyn must come through m_{t+1}
+        def __init__(self):
+            super().__init__(RCFG, TCFG, torch.nn.Identity())
+
+        def step(self, m, x):
+            return self.initial.expand(m.shape[0], -1)
+
+    cfg = TeacherTrainConfig(model=TCFG)
+    x, y = tokens(4, 9)
+    g = torch.Generator().manual_seed(0)
+    out = teacher_step_loss(teacher, ConstantUpdater(), x, y, cfg, g)
+    assert nonzero(grads(out["dyn"], teacher.encoder.parameters()))
+    assert not nonzero(grads(out["dyn"], teacher.decoder.parameters()))
+    out = teacher_step_loss(teacher, updater, x, y, cfg, g)
+    assert nonzero(grads(out["dyn"], updater.updater_parameters()))
+    assert nonzero(grads(out["loss"], teacher.parameters()))
+
+
+# ----------------------------------------------------------------------------- SMT vs BPTT credit paths
+
+
+def test_smt_step_sends_no_gradient_into_earlier_updates_but_bptt_does(models):
+    teacher, rnn = models
+    x, y = tokens(3, 6)
+    # SMT: m_t produced by an earlier update call on a leaf memory; step t's loss must not reach it
+    m_earlier = teacher.encode(x[:, :3]).detach().requires_grad_(True)
+    m_t = rnn.update(m_earlier, x[:, 3])
+    m_next = teacher.encode(x[:, :5]).detach()
+    out = smt_step_loss(rnn, m_t, x[:, 4], m_next, y[:, 4])
+    out["loss"].backward()
+    assert m_earlier.grad is None
+    assert nonzero(p.grad for p in rnn.updater_parameters())
+    # BPTT: only the last step is scored, yet every earlier update output gets gradient
+    rnn.zero_grad()
+    outputs = record_updates(rnn)
+    y_last = torch.full_like(y, -1)
+    y_last[:, -1] = y[:, -1]
+    bptt_step_loss(rnn, x, y_last)["loss"].backward()
+    assert len(outputs) == 6
+    assert all(o.grad is not None and o.grad.abs().sum() > 0 for o in outputs)
+    assert rnn.initial.grad.abs().sum() > 0
+
+
+def test_smt_readout_loss_never_reaches_the_updater(models):
+    teacher, rnn = models
+    x, y = tokens(4, 6)
+    m_t, m_next = teacher.encode(x[:, :3]).detach(), teacher.encode(x[:, :4]).detach()
+    out = smt_step_loss(rnn, m_t, x[:, 3], m_next, y[:, 3])
+    assert not nonzero(grads(out["readout"], rnn.updater_parameters()))
+    assert nonzero(grads(out["readout"], rnn.readout_head.parameters()))
+    assert not nonzero(grads(out["dyn"], rnn.readout_head.parameters()))
+    torch.testing.assert_close(out["loss"], out["dyn"] + out["readout"])
+
+
+def test_smt_step_accepts_float16_store_labels(models):
+    teacher, rnn = models
+    x, y = tokens(4, 6)
+    m_t, m_next = teacher.encode(x[:, :3]).detach(), teacher.encode(x[:, :4]).detach()
+    full = smt_step_loss(rnn, m_t, x[:, 3], m_next, y[:, 3])
+    half = smt_step_loss(rnn, m_t.half(), x[:, 3], m_next.half(), y[:, 3])
+    assert half["loss"].dtype == torch.float32
+    torch.testing.assert_close(half["loss"], full["loss"], atol=1e-2, rtol=1e-2)
+    x_pad = x[:, 3].clone()
+    x_pad[0] = -1  # past the end of a document: no transition, excluded from the regression
+    masked = smt_step_loss(rnn, m_t, x_pad, m_next)["dyn"]
+    torch.testing.assert_close(masked, smt_step_loss(rnn, m_t[1:], x[1:, 3], m_next[1:])["dyn"])
+
+
+def test_all_positions_smt_equals_per_transition_smt(models):
+    teacher, rnn = models
+    x, y = tokens(2, 6)
+    out = smt_all_positions_loss(teacher, rnn, x, y, readout_weight=0.5, encode_batch_size=5)
+    with torch.no_grad():
+        mem = torch.stack([teacher.encode(x[:, max(0, t - 4) : t + 1]) for t in range(6)], 1)
+    per = [smt_step_loss(rnn, mem[:, t], x[:, t + 1], mem[:, t + 1]) for t in range(5)]
+    torch.testing.assert_close(out["dyn"], torch.stack([p["dyn"] for p in per]).mean())
+    readout = masked_cross_entropy(rnn.readout(mem.flatten(0, 1)), y.flatten())
+    torch.testing.assert_close(out["readout"], readout)
+    torch.testing.assert_close(out["loss"], out["dyn"] + 0.5 * readout)
+    assert not nonzero(grads(out["loss"], teacher.parameters()))
+
+
+# ----------------------------------------------------------------------------- DMT
+
+
+def hand_unrolled_dmt(rnn, targets, x, y, cfg, teacher, g):
+    td, k = cfg.rollout_len, cfg.pull_every
+    m = targets[:, 0]
+    pulls, readouts, pulled = [], [], []
+    for s in range(1, td + 1):
+        m = rnn.update(m.detach(), x[:, s])
+        readouts.append(F.cross_entropy(rnn.readout(m.detach()), y[:, s]))
+        if s % k == 0:
+            pulls.append(F.mse_loss(m, targets[:, s]))
+            pulled.append(m)
+    pred = torch.stack(pulled, 1)
+    tf = TCFG.future_len
+    steps = range(k, td + 1, k)
+    logits = [teacher.decode(m_s, x[:, s + 1 : s + tf]) for s, m_s in zip(steps, pulled, strict=True)]
+    decs = [decoding_loss(lg, y[:, s : s + tf])[0] for s, lg in zip(steps, logits, strict=True)]
+    dec = torch.stack(decs).mean()
+    unif = uniformity_loss(pred, K, generator=g)
+    return {
+        "dyn": torch.stack(pulls).mean(),
+        "readout": torch.stack(readouts).mean(),
+        "dec": dec,
+        "unif": unif,
+    }
+
+
+def test_dmt_matches_a_hand_unrolled_loop(models):
+    teacher, rnn = models
+    teacher.requires_grad_(False)
+    cfg = DMTConfig(rollout_len=6, pull_every=2)
+    x, y = tokens(3, 6 + TCFG.future_len)
+    targets = torch.stack([teacher.encode(x[:, max(0, s - 4) : s + 1]) for s in range(7)], 1)
+    out = dmt_step_loss(rnn, targets, x, y, cfg, teacher, torch.Generator().manual_seed(0))
+    ref = hand_unrolled_dmt(rnn, targets, x, y, cfg, teacher, torch.Generator().manual_seed(0))
+    for name in ("dyn", "readout", "dec", "unif"):
+        torch.testing.assert_close(out[name], ref[name], atol=1e-5, rtol=1e-5, msg=name)
+    total = 10 * ref["dyn"] + ref["readout"] + ref["dec"] + 0.01 * ref["unif"]
+    torch.testing.assert_close(out["loss"], total, atol=1e-5, rtol=1e-5)
+    params = list(rnn.parameters())
+    for a, b in zip(grads(out["loss"], params), grads(total, params), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_dmt_credit_is_one_step_and_readout_does_not_reach_the_updater(models):
+    teacher, rnn = models
+    teacher.requires_grad_(False)
+    x, y = tokens(3, 9)
+    targets = torch.randn(3, 9, K * D)
+    outputs = record_updates(rnn)
+    cfg = DMTConfig(rollout_len=8, pull_every=8, readout_weight=0.0, dec_weight=0.0, unif_weight=0.0)
+    dmt_step_loss(rnn, targets, x, y, cfg)["loss"].backward()
+    assert len(outputs) == 8
+    assert outputs[-1].grad.abs().sum() > 0  # the pulled step
+    assert all(o.grad is None for o in outputs[:-1])  # no credit into earlier updates
+    rnn.zero_grad()
+    out = dmt_step_loss(rnn, targets, x, y, DMTConfig(rollout_len=8, pull_every=4), teacher)
+    assert not nonzero(grads(out["readout"], rnn.updater_parameters()))
+    assert nonzero(grads(out["readout"], rnn.readout_head.parameters()))
+    assert nonzero(grads(out["dec"], rnn.updater_parameters()))  # frozen decoder trains the updater
+    assert nonzero(grads(out["unif"], rnn.updater_parameters()))
+
+
+def test_bptt_matches_a_manual_unroll(models):
+    _, rnn = models
+    x, y = tokens(2, 5)
+    y[0, 2] = -1
+    m, ces = rnn.init_memory(2), []
+    for t in range(5):
+        m = rnn.update(m, x[:, t])
+        ces.append(F.cross_entropy(rnn.readout(m), y[:, t].clamp(min=0), reduction="none") * (y[:, t] >= 0))
+    torch.testing.assert_close(bptt_step_loss(rnn, x, y)["loss"], torch.stack(ces).sum() / 9)

@@ -1,0 +1,359 @@
+"""The one training loop every stage uses: device, AdamW + warm-up schedule, AMP, clipping, logging,
+wall-clock budget, resumable checkpoints and data parallelism.
+
+A stage supplies the trained modules, a `loss_fn(batch) -> {"loss": tensor, ...}` and a data stream
+factory `batches(start_step) -> iterator`. The loop restarts the stream at the start and after every
+checkpoint, seeded by the step it starts at; together with the restored RNG, optimizer and scheduler
+state this makes "train N steps" and "train N/2, kill, resume, train N/2" give identical parameters
+whenever the kill happens after a periodic checkpoint (tests/test_checkpoint.py). Streams must draw
+randomness only from their own seeded generators, never from the global torch RNG.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from schemas.config import OptimConfig, RunConfig
+from store.artifacts import write_bytes_atomic
+from training import checkpoint as ckpt
+from training import distributed as distributed_mod
+from training.distributed import DistContext, LossModule
+
+LossFn = Callable[[Any], dict[str, torch.Tensor]]
+BatchStream = Callable[[int], Iterator[Any]]
+
+
+# ----------------------------------------------------------------------------- device, optimiser, precision
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """'auto' -> cuda when available, else cpu; anything else is passed to torch.device."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device '{spec}' was asked for but CUDA is not available")
+    return device
+
+
+def build_optimizer(params: list[nn.Parameter], cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW over every trainable parameter with one weight decay, as published (SPEC.md section 4)."""
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise ValueError("nothing to train: no parameter requires grad")
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+
+
+class WarmupSchedule:
+    """LR multiplier: linear warm-up over `warmup_frac` of the steps, then constant or cosine to 0.
+
+    A callable object (not a lambda) so LambdaLR's state_dict carries its settings as plain numbers.
+    """
+
+    def __init__(self, total_steps: int, warmup_frac: float, kind: str) -> None:
+        self.total_steps = max(1, int(total_steps))
+        self.warmup_steps = int(round(warmup_frac * self.total_steps))
+        self.kind = kind
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.kind == "constant":
+            return 1.0
+        span = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> LambdaLR:
+    return LambdaLR(optimizer, WarmupSchedule(total_steps, cfg.warmup_frac, cfg.schedule))
+
+
+def autocast(device: torch.device, amp: bool) -> AbstractContextManager[Any]:
+    """bf16 autocast on CUDA only: CPU bf16 is slow and changes numerics, so CPU stays fp32."""
+    if amp and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def progress_enabled(ctx: DistContext | None = None) -> bool:
+    """Rich progress only on an interactive terminal, on rank 0, and unless SMT_PROGRESS=0."""
+    if os.environ.get("SMT_PROGRESS", "1") == "0":
+        return False
+    if ctx is not None and not ctx.is_main:
+        return False
+    return sys.stderr.isatty()
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move tensors in (nested) tuples / lists / dicts to `device`; other values pass through."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # NamedTuple (Transitions, Trajectories)
+        return type(batch)(*(to_device(b, device) for b in batch))
+    if isinstance(batch, tuple | list):
+        return type(batch)(to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def write_metrics(url: str, rows: list[dict[str, Any]]) -> None:
+    """Logged rows -> Parquet (columns are the union of keys; missing values are null)."""
+    keys: list[str] = []
+    for row in rows:
+        keys.extend(k for k in row if k not in keys)
+    table = pa.table({k: [row.get(k) for row in rows] for k in keys}) if rows else pa.table({"step": []})
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    write_bytes_atomic(url, buf.getvalue())
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class LoopResult:
+    """What a finished (or budget-stopped) run reports back to its stage."""
+
+    step: int
+    seconds: float
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    stopped: str = "steps"  # 'steps' | 'max_seconds'
+    resumed_from: int | None = None
+
+    def last(self, key: str, default: float = float("nan")) -> float:
+        for row in reversed(self.metrics):
+            if key in row and row[key] is not None:
+                return float(row[key])
+        return default
+
+
+class TrainLoop:
+    """Runs optimiser steps over `modules` until `run.steps` or the wall-clock budget is reached.
+
+    modules: trained modules by name (their state dicts are checkpointed under those names).
+    loss_fn: batch -> dict with 'loss' (backpropagated) and other scalar tensors (logged as means).
+    batches: start_step -> iterator of batches (CPU or device tensors, moved here).
+    checkpoint_url: directory for resumable checkpoints; None disables them.
+    items_per_step: transitions / tokens per step per rank, for the throughput column.
+    generators: torch.Generators used inside loss_fn, checkpointed with the RNG.
+    """
+
+    def __init__(
+        self,
+        modules: dict[str, nn.Module],
+        loss_fn: LossFn,
+        batches: BatchStream,
+        run: RunConfig,
+        optim: OptimConfig,
+        checkpoint_url: str | None = None,
+        device: torch.device | None = None,
+        items_per_step: int | None = None,
+        generators: dict[str, torch.Generator] | None = None,
+        max_seconds: float | None = None,
+        name: str = "train",
+    ) -> None:
+        self.ctx = distributed_mod.current()
+        self.device = distributed_mod.rank_device(device or resolve_device(run.device), self.ctx)
+        self.modules = modules
+        self.run_cfg, self.optim_cfg = run, optim
+        self.batches = batches
+        self.checkpoint_url = checkpoint_url
+        self.items_per_step = items_per_step or run.batch_size
+        self.generators = generators or {}
+        self.max_seconds = max_seconds if max_seconds is not None else run.max_seconds
+        self.name = name
+        for m in modules.values():
+            m.to(self.device)
+        self.params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(self.params, optim)
+        self.scheduler = build_scheduler(self.optimizer, optim, run.steps)
+        loss_module = distributed_mod.wrap(LossModule(modules, loss_fn), self.ctx, self.device)
+        if run.compile and self.device.type == "cuda":
+            loss_module = torch.compile(loss_module)  # type: ignore[assignment]
+        self.loss_module = loss_module
+        self.step = 0
+        self.elapsed = 0.0
+        self.metrics: list[dict[str, Any]] = []
+        self._sums: dict[str, torch.Tensor | float] = {}  # device tensors: no host sync per step
+        self._count = 0
+
+    # -- checkpoint state ---------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "modules": {k: m.state_dict() for k, m in self.modules.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": self.ctx.gather_objects(ckpt.capture_rng(self.generators)),
+            "loop": {
+                "step": self.step,
+                "elapsed": self.elapsed,
+                "metrics": self.metrics,
+                "sums": {k: float(v) for k, v in self._sums.items()},
+                "count": self._count,
+                "world_size": self.ctx.world_size,
+            },
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        for k, m in self.modules.items():
+            m.load_state_dict(state["modules"][k], strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        loop = state["loop"]
+        self.step, self.elapsed = int(loop["step"]), float(loop["elapsed"])
+        self.metrics, self._sums, self._count = list(loop["metrics"]), dict(loop["sums"]), int(loop["count"])
+        rngs = state["rng"]
+        if len(rngs) == self.ctx.world_size:
+            ckpt.restore_rng(rngs[self.ctx.rank], self.generators)
+        else:  # resumed on a different world size: continue reproducibly, not identically
+            torch.manual_seed(distributed_mod.rank_seed(self.run_cfg.seed, self.ctx.rank, "resume", self.step))
+
+    def save(self) -> None:
+        state = self.state()  # every rank takes part (RNG gather); only rank 0 writes
+        if self.checkpoint_url is not None and self.ctx.is_main:
+            ckpt.save_checkpoint(self.checkpoint_url, self.step, state)
+        self.ctx.barrier()
+
+    def try_resume(self) -> int | None:
+        if self.checkpoint_url is None or not ckpt.has_checkpoint(self.checkpoint_url):
+            return None
+        step, state = ckpt.load_checkpoint(self.checkpoint_url)
+        self.load_state(state)
+        return step
+
+    # -- stepping -----------------------------------------------------------------------------
+
+    def _train_step(self, batch: Any) -> dict[str, torch.Tensor]:
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device, self.run_cfg.amp):
+            out = self.loss_module(to_device(batch, self.device))
+        out["loss"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.optim_cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return {**{k: v.detach() for k, v in out.items()}, "grad_norm": grad_norm.detach()}
+
+    def _accumulate(self, out: dict[str, torch.Tensor]) -> None:
+        for k, v in out.items():
+            if v.numel() == 1:
+                self._sums[k] = self._sums.get(k, 0.0) + v.detach().float().reshape(())
+        self._count += 1
+
+    def _log(self, window_seconds: float, window_steps: int) -> dict[str, Any]:
+        means = {k: float(v) / max(1, self._count) for k, v in self._sums.items()}
+        means = self.ctx.all_reduce_mean(means, self.device)
+        if not math.isfinite(means.get("loss", 0.0)):
+            raise FloatingPointError(f"{self.name}: loss is {means['loss']} at step {self.step}")
+        row = {
+            "step": self.step,
+            **means,
+            "lr": self.scheduler.get_last_lr()[0],
+            "seconds": self.elapsed,
+            "items_per_s": self.items_per_step * self.ctx.world_size * window_steps / max(window_seconds, 1e-9),
+        }
+        self.metrics.append(row)
+        self._sums, self._count = {}, 0
+        return row
+
+    def run(self) -> LoopResult:
+        """Train to the end (resuming from the latest checkpoint if there is one)."""
+        resumed = self.try_resume()
+        total = self.run_cfg.steps
+        for m in self.modules.values():
+            m.train()
+        stream = self.batches(self.step)
+        stopped = "steps"
+        progress = _Progress(self.name, total, self.step, progress_enabled(self.ctx))
+        window_t, window_steps = 0.0, 0
+        try:
+            with progress:
+                while self.step < total:
+                    if self.max_seconds is not None and self.ctx.any_true(
+                        self.elapsed >= self.max_seconds, self.device
+                    ):
+                        stopped = "max_seconds"
+                        break
+                    t0 = time.perf_counter()
+                    batch = next(stream)
+                    out = self._train_step(batch)
+                    self._accumulate(out)
+                    dt = time.perf_counter() - t0
+                    self.elapsed += dt
+                    window_t, window_steps = window_t + dt, window_steps + 1
+                    self.step += 1
+                    if self.step % self.run_cfg.log_every == 0 or self.step == total:
+                        row = self._log(window_t, window_steps)
+                        window_t, window_steps = 0.0, 0
+                        progress.update(loss=row["loss"])
+                    progress.advance()
+                    if self.step % self.run_cfg.checkpoint_every == 0 and self.step < total:
+                        self.save()
+                        _close(stream)
+                        stream = self.batches(self.step)  # restart seeded by step: see module doc
+        except KeyboardInterrupt:
+            self.save()  # keep the work done so far; the stage re-runs and resumes
+            raise
+        finally:
+            _close(stream)
+        if self._count:
+            self._log(window_t, max(window_steps, 1))
+        self.save()
+        return LoopResult(self.step, self.elapsed, self.metrics, stopped, resumed)
+
+
+def _close(stream: Iterator[Any]) -> None:
+    close = getattr(stream, "close", None)
+    if close is not None:
+        close()
+
+
+class _Progress:
+    """A rich progress bar, or nothing at all when disabled (no TTY, SMT_PROGRESS=0, rank > 0)."""
+
+    def __init__(self, name: str, total: int, start: int, enabled: bool) -> None:
+        self.enabled, self.name, self.total, self.start = enabled, name, total, start
+        self._bar: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}"),
+                TimeRemainingColumn(),
+            )
+            self._bar.__enter__()
+            self._task = self._bar.add_task(self.name, total=self.total, completed=self.start, loss=float("nan"))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    def advance(self) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task)
+
+    def update(self, **fields: Any) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, **fields)

@@ -1,0 +1,178 @@
+"""One optimisation step's losses for each training mode (SPEC.md section 6), as pure functions.
+
+Each returns a dict of scalar tensors with the total under 'loss'; the caller owns backward, clipping and
+the optimiser. Indexing follows docs/architecture.md: `m_t` is the memory after reading x_t,
+`update(m_t, x_{t+1}) = m_{t+1}`, `readout(m_t)` predicts y_t.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from models.rnn import RNN
+from models.teacher import Decoder, Teacher
+from schemas.config import DMTConfig, TeacherTrainConfig
+from training.losses import decoding_loss, dynamics_loss, masked_cross_entropy, uniformity_loss
+from training.windows import context_windows, encode_positions, future_slices, gather_span
+
+
+def sample_anchors(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One anchor t per sequence, uniform over all real positions: x (B, T) -> (B,) long.
+
+    Sequences are right-padded with -1; a sequence of length n gets t in [0, n-1]. The last position
+    is included on purpose: tasks that score the final token (retrieval's answer) need the readout
+    trained on the memory after it; there is no next token there, so L_dyn masks that row out.
+    """
+    lengths = (x >= 0).sum(dim=1)
+    device = generator.device if generator is not None else torch.device("cpu")
+    u = torch.rand(x.shape[0], generator=generator, device=device).to(x.device)
+    return (u * lengths.clamp(min=1)).long().clamp(max=(lengths - 1).clamp(min=0))
+
+
+def teacher_step_loss(
+    teacher: Teacher,
+    updater: RNN,
+    x: Tensor,
+    y: Tensor,
+    cfg: TeacherTrainConfig,
+    generator: torch.Generator | None = None,
+    anchors: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """Joint teacher objective dec_weight*L_dec + dyn_weight*L_dyn + unif_weight*L_unif.
+
+    x, y (B, T) long with -1 pads. One anchor t per sequence (sampled, or given as (B,)): m_t and m_{t+1}
+    are encoded in one batch from left-padded windows; L_dyn = MSE(updater.update(m_t, x_{t+1}), m_{t+1})
+    sends gradient into the encoder through both memories (Markov shaping) and into the updater.
+    """
+    mc = cfg.model
+    t = sample_anchors(x, generator) if anchors is None else anchors
+    contexts = context_windows(x, torch.stack((t, t + 1), dim=1), mc.context_len)  # (B, 2, Tc)
+    memories = teacher.encode(contexts.flatten(0, 1)).view(x.shape[0], 2, -1)
+    m_t, m_next = memories[:, 0], memories[:, 1]
+    x_fut, y_fut = future_slices(x, y, t, mc.future_len)
+    dec, dec0 = decoding_loss(teacher.decode(m_t, x_fut), y_fut, cfg.gamma)
+    x_next = gather_span(x, t + 1, 1)[:, 0]
+    dyn = dynamics_loss(updater.update(m_t, x_next), m_next, mask=x_next >= 0)
+    unif = uniformity_loss(m_t, mc.memory_tokens, cfg.unif_samples, cfg.unif_t, generator)
+    loss = cfg.dec_weight * dec + cfg.dyn_weight * dyn + cfg.unif_weight * unif
+    return {"loss": loss, "dec": dec, "dec0": dec0, "dyn": dyn, "unif": unif}
+
+
+def smt_step_loss(
+    rnn: RNN,
+    m_t: Tensor,
+    x_next: Tensor,
+    m_next: Tensor,
+    y_next: Tensor | None = None,
+    readout_weight: float = 1.0,
+) -> dict[str, Tensor]:
+    """SMT on stored transitions: MSE(update(m_t, x_next), m_next) (+ readout CE on the label m_next).
+
+    m_t, m_next (B, Z) labels; x_next (B,) long (-1 = no transition, excluded); y_next (B,) or None.
+    Both memories are treated as float32 labels (detached), so no gradient reaches whatever produced them; the
+    readout reads the label m_next, not the prediction, so its loss never reaches the updater.
+    """
+    m_t, m_next = m_t.detach().float(), m_next.detach().float()  # store labels may be float16
+    dyn = dynamics_loss(rnn.update(m_t, x_next), m_next, mask=x_next >= 0)
+    out = {"dyn": dyn}
+    loss = dyn
+    if y_next is not None:
+        readout = masked_cross_entropy(rnn.readout(m_next), y_next)
+        out["readout"] = readout
+        loss = loss + readout_weight * readout
+    out["loss"] = loss
+    return out
+
+
+def smt_all_positions_loss(
+    teacher: Teacher,
+    rnn: RNN,
+    x: Tensor,
+    y: Tensor,
+    readout_weight: float = 1.0,
+    encode_batch_size: int | None = None,
+) -> dict[str, Tensor]:
+    """SMT over every transition of short sequences in one batched pass.
+
+    x, y (B, T). The frozen teacher encodes m_0 .. m_{T-1} (no grad); the RNN regresses all T-1
+    transitions (m_t, x_{t+1}) -> m_{t+1} at once and its readout learns y_t from m_t at every position.
+    The B*T encoder windows go through the teacher `encode_batch_size` at a time (all at once if None).
+    """
+    b, t = x.shape
+    with torch.no_grad():
+        ends = torch.arange(t, device=x.device).expand(b, t)
+        memories = encode_positions(teacher, x, ends, encode_batch_size).float()  # (B, T, Z)
+    z = memories.shape[-1]
+    x_next = x[:, 1:].reshape(-1)
+    pred = rnn.update(memories[:, :-1].reshape(-1, z), x_next)
+    dyn = dynamics_loss(pred, memories[:, 1:].reshape(-1, z), mask=x_next >= 0)
+    readout = masked_cross_entropy(rnn.readout(memories.reshape(-1, z)), y.reshape(-1))
+    return {"loss": dyn + readout_weight * readout, "dyn": dyn, "readout": readout}
+
+
+def dmt_step_loss(
+    rnn: RNN,
+    memories_target: Tensor,
+    x: Tensor,
+    y: Tensor,
+    cfg: DMTConfig,
+    decoder_readout: Teacher | Decoder | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    """DAgger Memory Training: roll the RNN on its own memories, pull them toward the encoder's.
+
+    memories_target (B, Td+1, Z): encoder memories after reading positions a .. a+Td (from the teacher or a
+    label store). x, y (B, S): tokens and targets at positions a .. a+S-1 (x[:, 0] is the last token read
+    for memories_target[:, 0]); S >= Td+1, and S >= Td+Tf gives the decoder loss its full future.
+    Td = min(cfg.rollout_len, memories_target.shape[1]-1, S-1).
+
+    Rollout from m_0 = memories_target[:, 0]: m_s = update(m_{s-1}.detach(), x[:, s]), so each update gets
+    one-step credit only. Losses (weights from cfg):
+      pull:    MSE(m_s, memories_target[:, s]) at every k-th step (s % pull_every == 0);
+      readout: CE of readout(m_s.detach()) vs y[:, s] at every step (never reaches the updater);
+      dec:     frozen decoder L_dec from own m_s at pull steps (only with `decoder_readout`);
+      unif:    L_unif over own memories at pull steps.
+    """
+    memories_target = memories_target.detach().float()  # store labels may be float16
+    td = min(cfg.rollout_len, memories_target.shape[1] - 1, x.shape[1] - 1)
+    pull_steps = list(range(cfg.pull_every, td + 1, cfg.pull_every))
+    m = memories_target[:, 0]
+    own, pulled = [], []
+    for s in range(1, td + 1):
+        m = rnn.update(m.detach(), x[:, s])
+        own.append(m.detach())
+        if s % cfg.pull_every == 0:
+            pulled.append(m)
+    b, z = m.shape
+    readout = masked_cross_entropy(rnn.readout(torch.stack(own, 1).view(-1, z)), y[:, 1 : td + 1].reshape(-1))
+    zero = m.sum() * 0.0
+    pull = dec = unif = zero
+    if pulled:
+        steps = torch.tensor(pull_steps, device=x.device)
+        pred = torch.stack(pulled, 1)  # (B, P, Z)
+        valid = x[:, steps] >= 0
+        pull = dynamics_loss(pred.view(-1, z), memories_target[:, steps].reshape(-1, z), valid.reshape(-1))
+        unif = uniformity_loss(pred, rnn.memory_tokens, generator=generator)
+        if decoder_readout is not None:
+            decoder = decoder_readout.decoder if isinstance(decoder_readout, Teacher) else decoder_readout
+            x_fut, y_fut = future_slices(x, y, steps.expand(b, -1), decoder.cfg.future_len)
+            logits = decoder(pred.view(-1, z), x_fut.reshape(-1, x_fut.shape[-1]))
+            dec, _ = decoding_loss(logits, y_fut.reshape(-1, y_fut.shape[-1]))
+    loss = cfg.dyn_weight * pull + cfg.readout_weight * readout + cfg.dec_weight * dec + cfg.unif_weight * unif
+    return {"loss": loss, "dyn": pull, "readout": readout, "dec": dec, "unif": unif}
+
+
+def bptt_step_loss(rnn: RNN, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+    """Baseline: unroll from the initial memory over all T tokens, readout CE at every step, full backprop.
+
+    x, y (B, T): m_0 = update(init, x_0), ..., readout(m_t) scored against y_t.
+    """
+    b, t = x.shape
+    m = rnn.init_memory(b)
+    memories = []
+    for s in range(t):
+        m = rnn.update(m, x[:, s])
+        memories.append(m)
+    readout = masked_cross_entropy(rnn.readout(torch.stack(memories, 1).view(b * t, -1)), y.reshape(-1))
+    return {"loss": readout, "readout": readout}
