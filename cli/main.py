@@ -81,7 +81,12 @@ def _stage_command(stage: str) -> Callable[..., None]:
         chosen = [v for v in cfg.variants if not variant or v.label in variant]
         if variant and not chosen:
             raise ConfigError(f"no variant named {variant}; the config has {[v.label for v in cfg.variants]}")
-        run_until(cfg, stage, chosen, log=lambda line: console.print(line, highlight=False))
+        from training.distributed import shutdown
+
+        try:
+            run_until(cfg, stage, chosen, log=lambda line: console.print(line, highlight=False))
+        finally:
+            shutdown()  # a no-op unless torchrun started a process group
 
     command.__doc__ = f"Build the {stage} artifact (and whatever it needs) without Prefect."
     return friendly(command)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import Task, flow, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.futures import PrefectFuture
 
@@ -43,26 +45,40 @@ def _result_dir(root: str) -> Path:
     return path
 
 
-def _keyed_on(plan):
-    """Cache key = hash of the artifact the task would produce, while that artifact is complete."""
+@dataclass(frozen=True)
+class StageTask:
+    """A stage as a Prefect task whose cache key is the hash of the artifact it will publish.
 
-    def cache_key(_ctx: Any, params: dict[str, Any]) -> str | None:
-        ref = plan(**params)
-        return ref.hash if is_complete(ref.url) else None
+    The key is known before the task runs (`stages/plans.py`), so the first run stores its result
+    under it and any later run with the same inputs and config is a cache hit. If the artifact has
+    been deleted since, the cached result is refreshed instead of trusted.
+    """
 
-    return cache_key
+    task: Task
+    plan: Callable[..., ArtifactRef]
+
+    def prepared(self, results: Path, **params: Any) -> Task:
+        missing = not is_complete(self.plan(**params).url)
+        return self.task.with_options(result_storage=results, refresh_cache=missing)
+
+    def __call__(self, results: Path, **params: Any) -> Any:
+        return self.prepared(results, **params)(**params)
+
+    def submit(self, results: Path, **params: Any) -> PrefectFuture:
+        return self.prepared(results, **params).submit(**params)
 
 
-def _stage_task(fn, plan, name: str):
-    return task(
+def _stage_task(fn: Callable[..., Any], plan: Callable[..., ArtifactRef], name: str) -> StageTask:
+    prefect_task = task(
         fn,
         name=name,
-        cache_key_fn=_keyed_on(plan),
+        cache_key_fn=lambda _ctx, params: plan(**params).hash,
         persist_result=True,
         result_serializer="json",
         retries=RETRIES,
         retry_delay_seconds=RETRY_DELAY_S,
     )
+    return StageTask(prefect_task, plan)
 
 
 def _ref_dict(ref: ArtifactRef) -> dict[str, str]:
@@ -117,39 +133,37 @@ def smt_pipeline(config: dict[str, Any] | str) -> str:
     """Run the whole pipeline for one config (a dict or a YAML path); returns the report path."""
     cfg = load_config(config) if isinstance(config, str) else PipelineConfig.model_validate(config)
     root = cfg.root
-    task_opts = {"result_storage": _result_dir(root)}
+    results = _result_dir(root)
 
-    tokens = tokens_task.with_options(**task_opts)(cfg=cfg.tokens, root=root)
-    teacher = teacher_task.with_options(**task_opts)(tokens_url=tokens["url"], cfg=cfg.teacher, root=root)
-    labels = labels_task.with_options(**task_opts)(
-        tokens_url=tokens["url"], teacher_url=teacher["url"], spec=cfg.labels, beam=cfg.beam, root=root
+    tokens = tokens_task(results, cfg=cfg.tokens, root=root)
+    teacher = teacher_task(results, tokens_url=tokens["url"], cfg=cfg.teacher, root=root)
+    labels = labels_task(
+        results, tokens_url=tokens["url"], teacher_url=teacher["url"], spec=cfg.labels, beam=cfg.beam, root=root
     )
 
     distilled: dict[str, PrefectFuture] = {}
     for variant in cfg.variants:
-        distilled[variant.label] = distill_task.with_options(**task_opts).submit(
-            labels_url=labels["url"], teacher_url=teacher["url"], variant=variant, cfg=cfg.distill, root=root
+        distilled[variant.label] = distill_task.submit(
+            results, labels_url=labels["url"], teacher_url=teacher["url"], variant=variant, cfg=cfg.distill, root=root
         )
     finals: dict[str, PrefectFuture] = {}
     for variant in cfg.variants:
         smt = distilled[variant.label].result()
-        finals[f"{variant.label}/smt+dmt"] = dmt_task.with_options(**task_opts).submit(
-            rnn_url=smt["url"], labels_url=labels["url"], teacher_url=teacher["url"], cfg=cfg.dmt, root=root
+        finals[f"{variant.label}/smt+dmt"] = dmt_task.submit(
+            results, rnn_url=smt["url"], labels_url=labels["url"], teacher_url=teacher["url"], cfg=cfg.dmt, root=root
         )
-        finals[f"{variant.label}/bptt"] = bptt_task.with_options(**task_opts).submit(
-            tokens_url=tokens["url"], variant=variant, teacher_url=teacher["url"], cfg=cfg.bptt, root=root,
+        finals[f"{variant.label}/bptt"] = bptt_task.submit(
+            results, tokens_url=tokens["url"], variant=variant, teacher_url=teacher["url"], cfg=cfg.bptt, root=root,
             smt_seconds=_seconds(smt) if cfg.bptt.budget == "match_smt_seconds" else None,
         )
     rnns = {f"{label}/smt": fut.result() for label, fut in distilled.items()}
     rnns.update({key: fut.result() for key, fut in finals.items()})
 
-    evaluation = evaluate_task.with_options(**task_opts)(
-        rnn_urls={k: v["url"] for k, v in rnns.items()}, tokens_url=tokens["url"],
+    evaluation = evaluate_task(
+        results, rnn_urls={k: v["url"] for k, v in rnns.items()}, tokens_url=tokens["url"],
         teacher_url=teacher["url"], labels_url=labels["url"], cfg=cfg.evaluate, root=root,
     )
     lineage = {"tokens": tokens, "teacher": teacher, "labels": labels, **rnns, "evaluation": evaluation}
-    report = report_task.with_options(**task_opts)(
-        evaluation_url=evaluation["url"], lineage=lineage, name=cfg.name
-    )
+    report = report_task(results, evaluation_url=evaluation["url"], lineage=lineage, name=cfg.name)
     print(f"report: {report}")
     return report

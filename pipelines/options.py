@@ -23,7 +23,7 @@ nothing is shipped. Otherwise, unless you pass one of --setup_file, --extra_pack
 --sdk_container_image or --requirements_file yourself, we add `--setup_file=<repo>/pyproject.toml`:
 Beam 2.77 builds an sdist of the pyproject project with `python -m build --sdist` (pip install build)
 and installs it on every worker. Alternatives: `python -m build --sdist` once, then
-`--extra_package=dist/smt_pipeline-0.1.0.tar.gz`; or a custom container with the project installed
+`--extra_package=dist/smt_pipeline-<version>.tar.gz`; or a custom container with the project installed
 (`--sdk_container_image=…`). Remote workers must reach the output root, so use a shared URL (gs://,
 s3://, hdfs://) as `root` for cluster runners; a local path only works with local runners.
 """

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas.config import SCHEMA_VERSION
 
 ArtifactKind = Literal["tokens", "teacher", "labels", "rnn", "evaluation", "report"]
-TRACKED_PACKAGES = ("torch", "apache-beam", "zarr", "pyarrow", "prefect", "fsspec", "numpy")
+TRACKED_PACKAGES = ("smt-pipeline", "torch", "apache-beam", "zarr", "pyarrow", "prefect", "fsspec", "numpy")
 
 
 class Manifest(BaseModel):
@@ -43,8 +43,17 @@ def canonical_json(value: Any) -> str:
 
 def artifact_hash(kind: str, config: dict[str, Any], parents: dict[str, str]) -> str:
     """Content address of an artifact: same inputs + same config + same schema -> same hash."""
-    payload = {"kind": kind, "schema_version": SCHEMA_VERSION, "config": config, "parents": parents}
+    payload = {"kind": kind, "schema_version": SCHEMA_VERSION, "code": code_version(), "config": config,
+               "parents": parents}
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+def code_version() -> str:
+    """This project's version: a release that changes results must not re-use older artifacts."""
+    try:
+        return metadata.version("smt-pipeline")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def package_versions() -> dict[str, str]:

@@ -6,10 +6,12 @@ re-uses whatever earlier stages have already published.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from schemas.config import PipelineConfig, RNNConfig
-from store.artifacts import ArtifactRef, read_manifest
+from stages.plans import plan_labels, plan_tokens
+from store.artifacts import ArtifactError, ArtifactRef, is_complete, read_manifest
 
 STAGES = ("tokens", "teacher", "labels", "distill", "dmt", "bptt", "evaluate")
 
@@ -39,12 +41,17 @@ def run_until(
         log(f"{role}: {ref.url}")
         return ref
 
+    if under_torchrun():  # data stages are not rank-aware: every rank would build them at once
+        _require_built("tokens", plan_tokens(cfg=cfg.tokens, root=root))
     tokens = done("tokens", tokens_stage(cfg=cfg.tokens, root=root))
     if "teacher" not in wanted:
         return refs
     teacher = done("teacher", teacher_stage(tokens_url=tokens.url, cfg=cfg.teacher, root=root))
     if "labels" not in wanted:
         return refs
+    if under_torchrun():
+        planned = plan_labels(tokens_url=tokens.url, teacher_url=teacher.url, spec=cfg.labels, root=root)
+        _require_built("labels", planned)
     labels = done("labels", labels_stage(
         tokens_url=tokens.url, teacher_url=teacher.url, spec=cfg.labels, beam=cfg.beam, root=root))
     if last == "labels":
@@ -67,3 +74,15 @@ def run_until(
             rnn_urls=rnn_urls, tokens_url=tokens.url, teacher_url=teacher.url, labels_url=labels.url,
             cfg=cfg.evaluate, root=root))
     return refs
+
+
+def under_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _require_built(role: str, ref: ArtifactRef) -> None:
+    if not is_complete(ref.url):
+        raise ArtifactError(
+            f"under torchrun the {role} artifact must exist already ({ref.url}): "
+            "run `smt labels CONFIG` once, then launch the training stage with torchrun"
+        )

@@ -42,16 +42,17 @@ class DocumentCrops:
 
     def anchored(self, rng: np.random.Generator, batch: int, before: int, after: int) -> tuple[np.ndarray, np.ndarray]:
         """Crops x[a-before .. a+after] (B, before+1+after) around anchors a drawn uniformly among all
-        positions that have a next token, so the anchor sits at index `before` with its full left
-        context (left-padded only at a real document start, exactly like stored labels)."""
-        weights = np.maximum(self.lengths - 1, 0).astype(np.float64)
+        positions, so the anchor sits at index `before` with its full left context (left-padded only
+        at a real document start, exactly like stored labels). The last position is included: tasks
+        that score the final token need the readout trained there (L_dyn masks its missing next token)."""
+        weights = self.lengths.astype(np.float64)
         if weights.sum() == 0:
             weights = np.ones_like(weights)
         cum = np.cumsum(weights)
         u = rng.random(batch) * cum[-1]
         docs = np.minimum(np.searchsorted(cum, u, side="right"), self.num_docs - 1)
         local = np.floor(u - (cum[docs] - weights[docs])).astype(np.int64)
-        anchors = np.clip(local, 0, np.maximum(self.lengths[docs] - 2, 0))
+        anchors = np.clip(local, 0, np.maximum(self.lengths[docs] - 1, 0))
         return self._gather(docs, anchors - before, before + 1 + after)
 
     def scored(

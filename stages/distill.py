@@ -61,7 +61,10 @@ def distill_stage(labels_url: str, teacher_url: str, variant: RNNConfig, cfg: Di
 
     torch.manual_seed(cfg.run.seed)
     rnn = build_rnn(variant, model_cfg, teacher)
-    del teacher  # SMT never runs the teacher
+    with torch.no_grad():  # m_{-1}: the teacher's memory of an empty (all-padding) context
+        empty = torch.full((1, model_cfg.context_len), -1, dtype=torch.long)
+        rnn.initial.copy_(teacher.encode(empty))
+    del teacher  # SMT never runs the teacher on data: one empty-context encoding is all it takes
     train_readout = variant.readout != "teacher_decoder" and cfg.readout_weight > 0
     if variant.readout == "teacher_decoder":
         rnn.readout_head.requires_grad_(False)  # the teacher's own readout of these very memories

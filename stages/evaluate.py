@@ -194,7 +194,9 @@ def evaluate_stage(
     metrics += [{**head, **r} for r in ceiling if r["count"]]  # unscored positions carry nothing
     summary.append({**head, **summarise(ceiling)})
     for name, (rnn, manifest) in rnns.items():
-        for start in ("teacher", "init"):
+        # a BPTT RNN never saw the teacher's memory space, so only its own initial memory is meaningful
+        starts = ("init",) if mode_of(manifest) == "bptt" else ("teacher", "init")
+        for start in starts:
             rows = read_loss_rows(rnn, teacher, x, y, cfg, start)
             head = {"rnn": name, "variant": rnn.cfg.label, "mode": mode_of(manifest), "start": start}
             metrics += [{**head, **r} for r in rows if r["count"]]

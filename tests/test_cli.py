@@ -58,3 +58,13 @@ def test_unfinished_store_is_refused(tmp_path):
     code, out = _run("store", "verify", str(tmp_path / "labels-x"))
     assert code == 2
     assert "incomplete" in out
+
+
+def test_torchrun_refuses_to_build_data_stages(tmp_path, monkeypatch):
+    """Beam and the tokens reader are not rank-aware: under torchrun they must already exist."""
+    path = tmp_path / "cfg.yaml"
+    path.write_text(f"root: {tmp_path / 'runs'}\n")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, out = _run("distill", str(path))
+    assert code == 2
+    assert "under torchrun the tokens artifact must exist already" in out

@@ -216,3 +216,19 @@ def test_windows_longer_than_every_document_fail_clearly(label_env, tmp_path):
     tokens = make_tokens(str(tmp_path), num_docs=3, seed=5)
     with pytest.raises(Exception, match="trajectory_len"):
         plan_windows(TokensArtifact.open(tokens.url), LabelSpec(trajectory_len=500, num_windows=4))
+
+
+def test_project_packages_for_cluster_workers(tmp_path):
+    """What Beam ships to Flink/Spark/Dataflow workers: the sdist its own Stager builds from the
+    `--setup_file` we pass. It must hold every package the label job imports."""
+    import tarfile
+
+    from apache_beam.runners.portability.stager import Stager
+
+    flags = runner_flags(BeamConfig(runner="DataflowRunner", options=["--project=p"]))
+    setup_file = next(f.split("=", 1)[1] for f in flags if f.startswith("--setup_file="))
+    sdist = Stager._build_setup_package(setup_file, str(tmp_path))
+    names = tarfile.open(sdist).getnames()
+    for module in ("pipelines/materialize_labels.py", "pipelines/label_units.py", "models/teacher.py",
+                   "store/label_layout.py", "schemas/config.py", "training/windows.py", "stages/teacher.py"):
+        assert any(n.endswith(module) for n in names), module

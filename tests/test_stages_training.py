@@ -178,7 +178,9 @@ def test_evaluation_artifact(chain: Chain, rnns: dict[str, str]) -> None:
     per_rnn = [r for r in rows if r["rnn"] == "gru/smt" and r["start"] == "init"]
     assert [r["position"] for r in per_rnn] == list(range(EVAL_CFG.prefix_len, EVAL_CFG.prefix_len + EVAL_CFG.steps))
     summary = pq.read_table(Path(ref.url) / "summary.parquet").to_pylist()
-    assert len(summary) == 1 + 2 * len(rnns) and all(r["mean_bits"] > 0 for r in summary)
+    n_bptt = sum(name.endswith("/bptt") for name in rnns)  # BPTT RNNs are read from their own init only
+    assert len(summary) == 1 + 2 * len(rnns) - n_bptt and all(r["mean_bits"] > 0 for r in summary)
+    assert not [r for r in summary if r["mode"] == "bptt" and r["start"] == "teacher"]
     manifest = read_manifest(ref.url, "evaluation")
     assert manifest.parents["teacher"] == chain.teacher.hash and manifest.stats["samples"] == "text"
     samples = json.loads((Path(ref.url) / "samples.json").read_text())
@@ -208,3 +210,15 @@ def test_evaluation_that_would_score_nothing_is_refused(chain: Chain, rnns: dict
     far = EVAL_CFG.model_copy(update={"prefix_len": 500})  # past the end of every test document
     with pytest.raises(ArtifactError, match="score nothing"):
         evaluate_stage(rnns, chain.tokens.url, chain.teacher.url, chain.labels.url, far, str(tmp_path))
+
+
+def test_distilled_rnn_starts_from_the_teachers_empty_memory(chain: Chain, rnns: dict[str, str]) -> None:
+    """m_{-1} of an SMT student is the teacher's memory of an empty context, not a random vector."""
+    from stages.rnn_io import load_rnn
+    from stages.teacher import load_teacher
+
+    teacher, _ = load_teacher(chain.teacher.url)
+    rnn, _ = load_rnn(rnns["gru/smt"], "cpu")
+    empty = torch.full((1, teacher.cfg.context_len), -1, dtype=torch.long)
+    with torch.no_grad():
+        torch.testing.assert_close(rnn.init_memory(1), teacher.encode(empty), rtol=1e-5, atol=1e-5)

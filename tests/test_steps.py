@@ -287,3 +287,27 @@ def test_bptt_matches_a_manual_unroll(models):
         m = rnn.update(m, x[:, t])
         ces.append(F.cross_entropy(rnn.readout(m), y[:, t].clamp(min=0), reduction="none") * (y[:, t] >= 0))
     torch.testing.assert_close(bptt_step_loss(rnn, x, y)["loss"], torch.stack(ces).sum() / 9)
+
+
+def test_anchors_reach_the_last_position():
+    """Tasks scored on their final token (retrieval) need the readout trained on the memory after it."""
+    import numpy as np
+
+    from schemas.config import TokensConfig
+    from stages.crops import DocumentCrops
+    from store.tokens import TokensArtifact, build_tokens_artifact
+    from training.steps import sample_anchors
+
+    x = torch.zeros(4000, 5, dtype=torch.long)
+    x[:, 3:] = -1  # length-3 sequences: anchors 0, 1, 2 all occur, nothing beyond
+    anchors = sample_anchors(x, torch.Generator().manual_seed(0))
+    assert set(anchors.tolist()) == {0, 1, 2}
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as root:
+        cfg = TokensConfig(source="synthetic", task="parity", task_params={"length": 3}, num_docs=4)
+        crops = DocumentCrops(TokensArtifact.open(build_tokens_artifact(cfg, root).url), "train")
+        xs, _ = crops.anchored(np.random.default_rng(0), 2000, before=0, after=1)
+        # the anchor is column 0; the last position of a document is the one whose next token is padding
+        assert (xs[:, 1] == -1).any() and (xs[:, 0] >= 0).all()
