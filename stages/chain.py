@@ -7,7 +7,8 @@ re-uses whatever earlier stages have already published.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from schemas.config import PipelineConfig, RNNConfig
 from stages.plans import plan_labels, plan_tokens
@@ -52,8 +53,10 @@ def run_until(
     if under_torchrun():
         planned = plan_labels(tokens_url=tokens.url, teacher_url=teacher.url, spec=cfg.labels, root=root)
         _require_built("labels", planned)
-    labels = done("labels", labels_stage(
-        tokens_url=tokens.url, teacher_url=teacher.url, spec=cfg.labels, beam=cfg.beam, root=root))
+    with units_progress("labels (Beam)") as progress:
+        labels = done("labels", labels_stage(
+            tokens_url=tokens.url, teacher_url=teacher.url, spec=cfg.labels, beam=cfg.beam, root=root,
+            progress=progress))
     if last == "labels":
         return refs
     for variant in variants:
@@ -86,3 +89,19 @@ def _require_built(role: str, ref: ArtifactRef) -> None:
             f"under torchrun the {role} artifact must exist already ({ref.url}): "
             "run `smt labels CONFIG` once, then launch the training stage with torchrun"
         )
+
+
+@contextmanager
+def units_progress(title: str) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar fed by `progress(done, total)` calls (silent off a terminal)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from training.loop import progress_enabled
+
+    if not progress_enabled():
+        yield lambda done, total: None
+        return
+    columns = (TextColumn(title), BarColumn(), MofNCompleteColumn(), TextColumn("units"), TimeRemainingColumn())
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task(title, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
