@@ -92,11 +92,15 @@ def autocast(device: torch.device, amp: bool) -> AbstractContextManager[Any]:
 
 def progress_enabled(ctx: DistContext | None = None) -> bool:
     """Rich progress only on an interactive terminal, on rank 0, and unless SMT_PROGRESS=0."""
-    if os.environ.get("SMT_PROGRESS", "1") == "0":
-        return False
-    if ctx is not None and not ctx.is_main:
-        return False
-    return sys.stderr.isatty()
+    return progress_mode(ctx) == "bar"
+
+
+def progress_mode(ctx: DistContext | None = None) -> str:
+    """'bar' on a terminal, 'lines' (one log line per log_every) elsewhere, 'off' with SMT_PROGRESS=0
+    or on ranks > 0: logs of scheduled runs (Prefect, CI) still show how far training got."""
+    if os.environ.get("SMT_PROGRESS", "1") == "0" or (ctx is not None and not ctx.is_main):
+        return "off"
+    return "bar" if sys.stderr.isatty() else "lines"
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -280,7 +284,7 @@ class TrainLoop:
             m.train()
         stream = self.batches(self.step)
         stopped = "steps"
-        progress = _Progress(self.name, total, self.step, progress_enabled(self.ctx))
+        progress = _Progress(self.name, total, self.step, progress_mode(self.ctx))
         window_t, window_steps = 0.0, 0
         try:
             with progress:
@@ -301,7 +305,7 @@ class TrainLoop:
                     if self.step % self.run_cfg.log_every == 0 or self.step == total:
                         row = self._log(window_t, window_steps)
                         window_t, window_steps = 0.0, 0
-                        progress.update(loss=row["loss"])
+                        progress.update(loss=row["loss"], step=self.step, elapsed=self.elapsed)
                     progress.advance()
                     if self.step % self.run_cfg.checkpoint_every == 0 and self.step < total:
                         self.save()
@@ -325,10 +329,11 @@ def _close(stream: Iterator[Any]) -> None:
 
 
 class _Progress:
-    """A rich progress bar, or nothing at all when disabled (no TTY, SMT_PROGRESS=0, rank > 0)."""
+    """A rich progress bar ('bar'), a plain line per logging interval ('lines'), or nothing ('off')."""
 
-    def __init__(self, name: str, total: int, start: int, enabled: bool) -> None:
-        self.enabled, self.name, self.total, self.start = enabled, name, total, start
+    def __init__(self, name: str, total: int, start: int, mode: str) -> None:
+        self.enabled, self.lines = mode == "bar", mode == "lines"
+        self.name, self.total, self.start = name, total, start
         self._bar: Any = None
 
     def __enter__(self) -> _Progress:
@@ -354,6 +359,8 @@ class _Progress:
         if self._bar is not None:
             self._bar.advance(self._task)
 
-    def update(self, **fields: Any) -> None:
+    def update(self, loss: float, step: int, elapsed: float) -> None:
         if self._bar is not None:
-            self._bar.update(self._task, **fields)
+            self._bar.update(self._task, loss=loss)
+        elif self.lines:
+            print(f"{self.name}: step {step}/{self.total} loss {loss:.4f} ({elapsed:.0f} s)", flush=True)
