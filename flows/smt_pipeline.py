@@ -58,8 +58,13 @@ class StageTask:
     plan: Callable[..., ArtifactRef]
 
     def prepared(self, results: Path, **params: Any) -> Task:
-        missing = not is_complete(self.plan(**params).url)
-        return self.task.with_options(result_storage=results, refresh_cache=missing)
+        """The task keyed on the artifact these params will produce, planned once here."""
+        ref = self.plan(**params)
+        return self.task.with_options(
+            result_storage=results,
+            cache_key_fn=lambda _ctx, _params: ref.hash,
+            refresh_cache=not is_complete(ref.url),
+        )
 
     def __call__(self, results: Path, **params: Any) -> Any:
         return self.prepared(results, **params)(**params)
@@ -72,7 +77,6 @@ def _stage_task(fn: Callable[..., Any], plan: Callable[..., ArtifactRef], name: 
     prefect_task = task(
         fn,
         name=name,
-        cache_key_fn=lambda _ctx, params: plan(**params).hash,
         persist_result=True,
         result_serializer="json",
         retries=RETRIES,
