@@ -6,7 +6,8 @@
 Random tokens and a random teacher of the requested size (speed does not depend on the weights), so
 no trained artifact is needed. Prints one JSON line: device, command, sizes and labels/s figures:
   encoder_labels_per_s   teacher.encode only, batches of --batch-size contexts of Tc tokens
-                         (bf16 autocast on CUDA, fp32 on CPU; inference_mode)
+                         (bf16 autocast on CUDA, fp32 on CPU; inference_mode; --compile: torch.compile)
+  encoder_tflops         that rate x encoder_gflop_per_label (and encoder_pct_of_peak on CUDA)
   pipeline_labels_per_s  labels written / wall-clock of materialize_labels (Beam start-up, worker
                          setup, window cutting, encode + readout loss, Zarr writes, manifest)
   worker_labels_per_s    labels / time spent inside encode_windows in the workers (encode + readout)
@@ -63,24 +64,48 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--root", default=None, help="where artifacts go (default: a temporary directory)")
+    p.add_argument("--doc-len", type=int, default=0,
+                   help="tokens per random document of the pipeline run (default 4*Tc+L: most contexts full)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the encoder for the encoder-only run")
+    p.add_argument("--peak-tflops", type=float, default=989.0,
+                   help="the GPU's dense bf16 peak, for encoder_pct_of_peak (H100 SXM: 989)")
     p.add_argument("--skip-pipeline", action="store_true")
     p.add_argument("--reader-windows", type=int, default=0,
                    help="also time LabelStore.transitions/trajectories on a random store of this many windows")
     p.add_argument("--reader-batch", type=int, default=128, help="batch size of the reader benchmark")
+    p.add_argument("--reader-device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where LabelStore.transitions(device=...) gathers batches (device_transitions_per_s)")
     return p.parse_args(argv)
 
 
-def bench_encoder(teacher: torch.nn.Module, cfg: TeacherModelConfig, n: int, batch: int, device: torch.device) -> float:
-    """labels/s of teacher.encode on full random contexts (after one warm-up batch)."""
+def encoder_flops_per_label(cfg: TeacherModelConfig) -> float:
+    """Forward FLOPs of one encoding (matmuls and attention scores; norms and rotary ignored).
+
+    Per layer over T = Tc + K positions: 2*T*(4 W^2 + 3 W H) for qkv/out and the SwiGLU (hidden H),
+    plus 4*T^2*W for QK^T and AV; the projection to D. Published size: 5.2 GFLOP (SPEC.md's 4.0 is
+    nn.TransformerEncoder's two-matrix MLP at the same width).
+    """
+    t, w, h = cfg.context_len + cfg.memory_tokens, cfg.width, cfg.mlp_ratio * cfg.width
+    per_layer = 2 * t * (4 * w * w + 3 * w * h) + 4 * t * t * w
+    proj = 0 if cfg.memory_dim == w else 2 * cfg.memory_tokens * w * cfg.memory_dim
+    return float(cfg.encoder_depth * per_layer + proj)
+
+
+def bench_encoder(
+    teacher: torch.nn.Module, cfg: TeacherModelConfig, n: int, batch: int, device: torch.device, compile: bool = False
+) -> float:
+    """labels/s of teacher.encode on full random contexts (after warm-up batches)."""
     x = torch.randint(0, cfg.vocab_size, (min(batch, n), cfg.context_len), device=device)
+    encode = torch.compile(teacher.encoder) if compile else teacher.encoder
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     with torch.inference_mode(), autocast:
-        teacher.encode(x)
+        for _ in range(3 if compile else 1):
+            encode(x)
         if device.type == "cuda":
             torch.cuda.synchronize()
         start, done = time.perf_counter(), 0
         while done < n:
-            teacher.encode(x)
+            encode(x)
             done += len(x)
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -114,8 +139,14 @@ def main(argv: list[str] | None = None) -> dict:
         "params": sum(p.numel() for p in teacher.parameters()),
         "batch_size": args.batch_size,
         "encoder_labels": args.encoder_labels,
-        "encoder_labels_per_s": round(bench_encoder(teacher, cfg, args.encoder_labels, args.batch_size, device), 1),
+        "encoder_compiled": args.compile,
+        "encoder_gflop_per_label": round(encoder_flops_per_label(cfg) / 1e9, 3),
     }
+    rate = bench_encoder(teacher, cfg, args.encoder_labels, args.batch_size, device, args.compile)
+    result["encoder_labels_per_s"] = round(rate, 1)
+    result["encoder_tflops"] = round(rate * encoder_flops_per_label(cfg) / 1e12, 2)
+    if device.type == "cuda":
+        result["encoder_pct_of_peak"] = round(100 * result["encoder_tflops"] / args.peak_tflops, 1)
     if not args.skip_pipeline:
         result.update(bench_pipeline(args, cfg, teacher))
     if args.reader_windows:
@@ -126,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def bench_pipeline(args: argparse.Namespace, cfg: TeacherModelConfig, teacher: torch.nn.Module) -> dict:
     root = args.root or tempfile.mkdtemp(prefix="smt-bench-labels-")
-    length = args.trajectory_len + 1 + 8
+    length = args.doc_len or 4 * cfg.context_len + args.trajectory_len
     docs = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(args.windows, length))
     np.save(f"{root}/tokens.npy", docs)
     tokens = build_tokens_artifact(
@@ -148,6 +179,7 @@ def bench_pipeline(args: argparse.Namespace, cfg: TeacherModelConfig, teacher: t
     labels = manifest.counts["labels"]
     return {
         "pipeline_runner": f"{args.runner} x{args.workers}",
+        "doc_len": length,
         "trajectory_len": args.trajectory_len,
         "windows": manifest.counts["num_windows"],
         "labels": labels,
@@ -159,7 +191,9 @@ def bench_pipeline(args: argparse.Namespace, cfg: TeacherModelConfig, teacher: t
 
 
 def bench_reader(args: argparse.Namespace, cfg: TeacherModelConfig) -> dict:
-    """Transitions/s and trajectories/s read back from a store of random (RMS-normalised) labels."""
+    """Transitions/s and trajectories/s read back from a store of random (RMS-normalised) labels, one
+    epoch each after an untimed warm-up epoch (a store of a few hundred windows is read in well under a
+    second, so start-up costs would otherwise dominate)."""
     from pipelines.label_units import write_unit
     from pipelines.materialize_labels import finalize
     from store.label_layout import LabelGeometry, create_template, open_arrays
@@ -183,10 +217,20 @@ def bench_reader(args: argparse.Namespace, cfg: TeacherModelConfig) -> dict:
                      "shard": (windows // g.shard_windows).astype(np.int32)})
     finalize(ref, g, plan, spec.model_dump(mode="json"), {"tokens": "0" * 64, "teacher": "1" * 64})
     store = LabelStore.open(ref.url)
+    device = torch.device(args.reader_device)
+    for _ in store.transitions(args.reader_batch, seed=0, device=device):
+        pass  # untimed: a first epoch's allocations and page faults (CUDA: context, pinned memory) skew it
+    read_mb_s, supply_s = _bench_shard_reads(store, pin=device.type == "cuda")
     start, count = time.perf_counter(), 0
     for batch in store.transitions(args.reader_batch, seed=0):
         count += len(batch.m)
     transitions_s = count / (time.perf_counter() - start)
+    start, count = time.perf_counter(), 0
+    for batch in store.transitions(args.reader_batch, seed=0, device=device):
+        count += len(batch.m)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    device_transitions_s = count / (time.perf_counter() - start)
     start, count = time.perf_counter(), 0
     stored = torch.float16 if args.dtype == "float16" else torch.float32
     for batch in store.transitions(args.reader_batch, seed=0, dtype=stored):
@@ -202,7 +246,27 @@ def bench_reader(args: argparse.Namespace, cfg: TeacherModelConfig) -> dict:
         "transitions_per_s": round(transitions_s, 1),
         "transitions_per_s_stored_dtype": round(transitions_f16_s, 1),  # no float32 conversion on the CPU
         "trajectories_per_s": round(count / (time.perf_counter() - start), 1),
+        "reader_device": describe_device(device),
+        "shard_read_mb_per_s": round(read_mb_s, 1),  # read_shards into reused storage, stored bytes
+        "supply_transitions_per_s": round(supply_s, 1),  # transitions in those shards / read time
+        "device_transitions_per_s": round(device_transitions_s, 1),  # buffer copies + gathers on the device
     }
+
+
+def _bench_shard_reads(store, pin: bool, shards_per_buffer: int = 4) -> tuple[float, float]:
+    """(MB/s of stored bytes, transitions/s) of read_shards over every shard into reused storage: what
+    storage and decompression can supply when batches are gathered on the device."""
+    groups = [list(range(s, min(s + shards_per_buffer, store.num_shards)))
+              for s in range(0, store.num_shards, shards_per_buffer)]
+    buffer = store.read_shards(groups[0], pin=pin)  # allocates (and faults in) the storage once
+    start, stored_bytes, transitions = time.perf_counter(), 0, 0
+    for group in groups:
+        buffer = store.read_shards(group, reuse=buffer, pin=pin)
+        parts = (buffer.memory, buffer.scale, buffer.tokens, buffer.targets)
+        stored_bytes += sum(a.nbytes for a in parts if a is not None)
+        transitions += len(buffer.valid) * (buffer.steps - 1)
+    seconds = time.perf_counter() - start
+    return stored_bytes / seconds / 1e6, transitions / seconds
 
 
 if __name__ == "__main__":

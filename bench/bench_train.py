@@ -167,14 +167,15 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def bench_store(a: argparse.Namespace, rnn: torch.nn.Module, optimise: Callable, device: torch.device) -> dict:
-    """End-to-end SMT from a label store: shard reads + decode + prefetch thread + step."""
+    """End-to-end SMT from a label store as the distill stage reads it: shard reads, the prefetch thread,
+    the (device-side on CUDA) gather, and the step."""
+    from stages.distill import reader_device
     from store.labels import LabelStore
     from training.prefetch import Prefetcher
 
     store = LabelStore.open(a.store, expect_memory_size=a.K * a.D)
-    stream = Prefetcher(
-        lambda: store.transitions(a.batch, seed=0, epochs=None, drop_last=True), pin_memory=device.type == "cuda"
-    )
+    where = reader_device(device)  # as the distill stage reads: gathered on the GPU when there is one
+    stream = Prefetcher(lambda: store.transitions(a.batch, seed=0, epochs=None, drop_last=True, device=where))
     holder: dict = {}
 
     def loss() -> dict[str, torch.Tensor]:

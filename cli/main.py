@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -20,6 +21,9 @@ from rich.table import Table
 
 from schemas.config import ConfigError, PipelineConfig, load_config
 from store.artifacts import ArtifactError
+
+# Beam's GCP module warns at import that it lacks the BigQuery client (irrelevant to local runners).
+logging.getLogger().addFilter(lambda record: "apitools not found" not in record.getMessage())
 
 app = typer.Typer(help="Supervised Memory Training: pretrain RNNs from stored teacher memories.",
                   no_args_is_help=True, pretty_exceptions_enable=False)

@@ -24,6 +24,22 @@ def fsq_quantize(m: Tensor, step: float) -> Tensor:
     return m + (torch.round(m / step) * step - m).detach()
 
 
+TRIM_STEP = 16  # all-padding columns are cut in multiples of this
+
+
+def trim_left_padding(x_ctx: Tensor) -> tuple[Tensor, bool]:
+    """Drop leading columns that are padding in every row (a multiple of TRIM_STEP of them).
+
+    Returns (the trimmed contexts, whether any padding is left). One host sync per call: the shape
+    depends on the data.
+    """
+    real = x_ctx >= 0
+    leading_pad = (~real).all(0).int().cumprod(0).sum()  # columns before the first real token of any row
+    lead, any_pad = torch.stack((leading_pad, (~real).sum())).tolist()
+    cut = lead // TRIM_STEP * TRIM_STEP
+    return x_ctx[:, cut:], any_pad > (cut * x_ctx.shape[0])
+
+
 class Encoder(nn.Module):
     """Bidirectional Transformer over `[embed(x_ctx) ; K registers]`; registers' outputs are the memory."""
 
@@ -37,12 +53,21 @@ class Encoder(nn.Module):
         self.proj = nn.Identity() if same else nn.Linear(cfg.width, cfg.memory_dim, bias=False)
 
     def forward(self, x_ctx: Tensor) -> Tensor:
-        """x_ctx (B, Tc) long, left-padded with -1 -> m (B, Z), each memory token with unit RMS."""
+        """x_ctx (B, Tc) long, left-padded with -1 -> m (B, Z), each memory token with unit RMS.
+
+        Columns that are padding in every row are cut off first (in steps of TRIM_STEP, so few distinct
+        shapes reach the kernels), and a batch left with no padding runs without a key mask, which lets
+        SDPA pick its flash kernel. Neither changes the result beyond float rounding: pads are masked and
+        positions are anchored at the right end.
+        """
+        x_ctx, padded = trim_left_padding(x_ctx)
         b, tc = x_ctx.shape
         k = self.cfg.memory_tokens
         h = torch.cat((self.embed(x_ctx), self.registers.expand(b, k, -1)), 1)
         positions = torch.arange(tc + k, device=x_ctx.device) - tc
-        key_mask = torch.cat((x_ctx >= 0, torch.ones(b, k, dtype=torch.bool, device=x_ctx.device)), 1)
+        key_mask = None
+        if padded:
+            key_mask = torch.cat((x_ctx >= 0, torch.ones(b, k, dtype=torch.bool, device=x_ctx.device)), 1)
         out = self.stack(h, positions, key_mask)[:, tc:]
         m = rms_normalize(self.proj(out).float())
         if self.cfg.fsq_step is not None:

@@ -112,28 +112,36 @@ def encode_windows(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Memories (n, L+1, Z) float32 and readout losses (n, L+1) float32 of windows (n, Tc+L+Tf).
 
-    Contexts are flattened window-major and encoded in fixed slices of `batch_size`, so a unit's batch
-    composition (and hence its CPU float results) is the same on every run. bf16 autocast on CUDA.
+    The unit's contexts are encoded in fixed slices of `batch_size` after a stable sort by how many
+    real tokens they hold, so contexts near document starts share batches and the encoder can cut
+    their common padding; the order (hence every batch, and the CPU float results) is the same on
+    every run. Results stay on the device until the unit is done: one copy back per unit, no host
+    sync per batch beyond the encoder's padding check. bf16 autocast on CUDA.
     """
     tc, steps = geometry.context_len, geometry.steps
     n = x.shape[0]
-    contexts = np.lib.stride_tricks.sliding_window_view(x, tc, axis=1)[:, :steps]
-    contexts = torch.from_numpy(np.ascontiguousarray(contexts.reshape(n * steps, tc)))
-    label_targets = torch.from_numpy(np.ascontiguousarray(y[:, tc - 1 : tc - 1 + steps].reshape(-1)))
-    memory = np.empty((n * steps, geometry.memory_size), dtype=np.float32)
-    loss = np.empty(n * steps, dtype=np.float32)
+    contexts = np.lib.stride_tricks.sliding_window_view(x, tc, axis=1)[:, :steps].reshape(n * steps, tc)
+    targets = y[:, tc - 1 : tc - 1 + steps].reshape(-1)
+    order = np.argsort((contexts >= 0).sum(1), kind="stable")
+    contexts = torch.from_numpy(np.ascontiguousarray(contexts[order]))
+    label_targets = torch.from_numpy(np.ascontiguousarray(targets[order]))
+    if device.type == "cuda":
+        contexts, label_targets = contexts.pin_memory(), label_targets.pin_memory()
+    memory = torch.empty((n * steps, geometry.memory_size), dtype=torch.float32, device=device)
+    loss = torch.empty(n * steps, dtype=torch.float32, device=device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     with torch.inference_mode(), autocast:
         for start in range(0, n * steps, batch_size):
             ctx = contexts[start : start + batch_size].to(device, non_blocking=True)
-            tgt = label_targets[start : start + batch_size].to(device)
+            tgt = label_targets[start : start + batch_size].to(device, non_blocking=True)
             m = teacher.encode(ctx)
-            logits = teacher.readout(m).float()
-            ce = F.cross_entropy(logits, tgt.clamp_min(0), reduction="none")
-            ce = torch.where(tgt >= 0, ce, torch.full_like(ce, float("nan")))
-            memory[start : start + len(ctx)] = m.float().cpu().numpy()
-            loss[start : start + len(ctx)] = ce.cpu().numpy()
-    return memory.reshape(n, steps, -1), loss.reshape(n, steps)
+            ce = F.cross_entropy(teacher.readout(m).float(), tgt.clamp_min(0), reduction="none")
+            memory[start : start + len(ctx)] = m
+            loss[start : start + len(ctx)] = torch.where(tgt >= 0, ce, torch.full_like(ce, float("nan")))
+    unsorted = np.empty_like(order)
+    unsorted[order] = np.arange(len(order))
+    memory_np, loss_np = memory.cpu().numpy()[unsorted], loss.cpu().numpy()[unsorted]
+    return memory_np.reshape(n, steps, -1), loss_np.reshape(n, steps)
 
 
 def write_unit(

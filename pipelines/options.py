@@ -55,6 +55,8 @@ def runner_flags(beam: BeamConfig, job_name: str | None = None) -> list[str]:
     if is_local_runner(beam):
         mode = "multi_processing" if beam.num_workers > 1 else "in_memory"
         flags += [f"--direct_num_workers={beam.num_workers}", f"--direct_running_mode={mode}"]
+        if not _has(beam.options, "--default_sdk_harness_log_level"):
+            flags.append("--default_sdk_harness_log_level=WARNING")  # local workers' INFO lines are noise
     else:
         flags += _staging_flags(beam.options)
         if job_name and not _has(beam.options, "--job_name"):

@@ -43,6 +43,14 @@ def open_store_for(labels_url: str, teacher_hash: str, memory_size: int) -> Labe
     return store
 
 
+def reader_device(device: torch.device) -> torch.device | None:
+    """Where the label reader gathers batches. CUDA: on the GPU, from buffers copied there once (each
+    stored memory crosses the bus once per epoch, as float16, instead of twice as float32). CPU: the
+    host path (device=None); device="cpu" measured the same (~80k transitions/s at Z=4096 on the 2-core
+    dev VM, trajectories too)."""
+    return device if device.type == "cuda" else None
+
+
 def distill_stage(labels_url: str, teacher_url: str, variant: RNNConfig, cfg: DistillConfig, root: str) -> ArtifactRef:
     """Train (or find) the SMT RNN `variant` on the label store; publishes kind "rnn".
 
@@ -78,10 +86,11 @@ def distill_stage(labels_url: str, teacher_url: str, variant: RNNConfig, cfg: Di
 
         def source() -> Iterator[Transitions]:
             return store.transitions(
-                cfg.run.batch_size, seed=seed, shuffle=True, split=SPLIT_TRAIN, epochs=None, drop_last=True
+                cfg.run.batch_size, seed=seed, shuffle=True, split=SPLIT_TRAIN, epochs=None, drop_last=True,
+                device=reader_device(device),
             )
 
-        return Prefetcher(source, pin_memory=device.type == "cuda")
+        return Prefetcher(source, pin_memory=False)  # CUDA batches are already there (and cannot be pinned)
 
     loop = TrainLoop(
         {"rnn": rnn},

@@ -15,7 +15,7 @@ import torch
 
 from schemas.config import DMTConfig
 from schemas.layout import SPLIT_TRAIN
-from stages.distill import open_store_for
+from stages.distill import open_store_for, reader_device
 from stages.plans import plan_dmt
 from stages.rnn_io import CHECKPOINT_DIR, load_rnn, publish_rnn
 from stages.teacher import load_teacher, teacher_config
@@ -68,10 +68,11 @@ def dmt_stage(rnn_url: str, labels_url: str, teacher_url: str, cfg: DMTConfig, r
 
         def source() -> Iterator[Trajectories]:
             return store.trajectories(
-                cfg.run.batch_size, length=cfg.rollout_len, seed=seed, split=SPLIT_TRAIN, epochs=None
+                cfg.run.batch_size, length=cfg.rollout_len, seed=seed, split=SPLIT_TRAIN, epochs=None,
+                device=reader_device(device),
             )
 
-        return Prefetcher(source, pin_memory=device.type == "cuda")
+        return Prefetcher(source, pin_memory=False)  # CUDA batches are already there (and cannot be pinned)
 
     loop = TrainLoop(
         {"rnn": rnn},

@@ -29,6 +29,8 @@ def _table_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def _cell(value: Any) -> str:
+    if value is None:
+        return "-"  # e.g. a quarter of positions where the task scores nothing (retrieval scores the end)
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.4g}"
     return str(value)
@@ -55,6 +57,7 @@ def build_markdown(evaluation_url: str, lineage: dict[str, dict[str, str]], name
         parts.append(f"Teacher ceiling (L_dec0): **{ceiling:.4f} bits/token**\n")
     parts.append("## SMT, SMT+DMT and BPTT side by side\n")
     parts.append(_table_markdown(summary_rows(evaluation_url)))
+    parts.append("Bits are per scored token; `-` marks a span of positions where the task scores nothing.\n")
     plots = _listing(evaluation_url, ".png")
     if plots:
         parts.append("## Plots\n")

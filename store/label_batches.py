@@ -2,14 +2,16 @@
 
 Both streams read whole shards (one chunk of every array: the cheapest read on any store) and shuffle
 within a buffer of `shards_per_buffer` randomly chosen shards; the next buffer is read by a background
-thread while the current one is consumed, so training rarely waits for storage. Batches are CPU tensors
-(pin and move them in the training loop).
+thread while the current one is consumed, so training rarely waits for storage.
 
 The buffer keeps memories as stored (float16, or int8 + scales) and each batch gathers its rows and
-converts them to float32 (one conversion per row served). Measured on the 2-core dev VM at Z=4096:
-converting a whole 64-window buffer to float32 up front and gathering from it ran ~50k transitions/s
-(the fresh float32 buffer is page-fault bound), gathering float16 rows per batch 50k-150k/s, at half the
-buffer memory.
+converts them to float32 (one conversion per row served). device=None gathers on the CPU with numpy;
+a `device` gets each buffer copied there once, as stored, and every batch gathered there with torch:
+on CUDA each memory crosses the bus once per epoch at 2 bytes a value instead of twice (m_t, m_{t+1})
+at 4, and the gather runs on the GPU. Both give the same batches in the same order. Measured on the
+2-core dev VM at Z=4096 (L=64, batches of 1024, after a warm-up epoch; +-15% run to run): ~80k
+transitions/s in float32 with device=None or "cpu" alike, ~130k without the conversion (float16
+out), and read_shards alone supplies 1.4-1.7 GB/s = 170k-205k transitions/s, the bound on the GPU path.
 """
 
 from __future__ import annotations
@@ -82,6 +84,82 @@ class Shard(NamedTuple):
             out = out.float().view(len(flat), k, -1) * scale[:, :, None]
         return out.to(dtype).view(*rows.shape, z)
 
+    @property
+    def steps(self) -> int:
+        return self.memory.shape[1]
+
+    def indices(self, a: np.ndarray) -> np.ndarray:
+        return a
+
+    def pick(self, a: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> Tensor:
+        """Tokens or targets `a[rows, cols]` as long."""
+        return torch.from_numpy(a[rows, cols].astype(np.int64))
+
+
+class DeviceShard(NamedTuple):
+    """A `Shard` copied to a torch device as stored: memory (W*(L+1), Z), scale (W*(L+1), K) or None,
+    tokens/targets (W, P) int16. Index arrays go there once per buffer (`indices`), so a batch costs
+    a few kernels and no host->device traffic."""
+
+    memory: Tensor
+    scale: Tensor | None
+    tokens: Tensor
+    targets: Tensor
+    valid: np.ndarray
+    steps: int
+    stream: torch.cuda.Stream | None  # the side stream of the host->device copies (CUDA only)
+
+    def gather(self, rows: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        """As `Shard.gather`, by the same arithmetic, so both give identical values."""
+        flat = rows.reshape(-1)
+        out = self.memory.index_select(0, flat)
+        if self.scale is not None:
+            k = self.scale.shape[-1]
+            out = out.float().view(len(flat), k, -1) * self.scale.index_select(0, flat)[:, :, None]
+        return out.to(dtype).view(*rows.shape, self.memory.shape[-1])
+
+    def indices(self, a: np.ndarray) -> Tensor:
+        return _upload([a], self.memory.device, self.stream)[0]
+
+    def pick(self, a: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+        return a[rows, cols].long()
+
+
+def _upload(arrays: list[np.ndarray], device: torch.device, stream: torch.cuda.Stream | None) -> list[Tensor]:
+    """Host arrays as tensors on `device`. CPU: zero-copy views (batches are gathered copies, and the
+    storage is only reused once the next buffer is asked for). CUDA: non-blocking copies on a side
+    stream, so they do not queue behind training kernels, then a wait on that copy alone: the reader
+    refills the (pinned) host storage next, so the copy must have read it (a few ms per buffer, on the
+    prefetch thread). The consumer stream waits for the copy on the GPU before gathering."""
+    tensors = [torch.from_numpy(a) for a in arrays]
+    if device.type == "cpu":
+        return tensors
+    if stream is None:
+        return [t.to(device) for t in tensors]
+    with torch.cuda.stream(stream):
+        out = [t.to(device, non_blocking=True) for t in tensors]
+    done = stream.record_event()
+    consumer = torch.cuda.current_stream(device)
+    consumer.wait_event(done)
+    for t in out:
+        t.record_stream(consumer)  # allocated on the side stream, used on the consumer's
+    done.synchronize()
+    return out
+
+
+def _on_device(
+    buffers: Iterator[tuple[Shard, np.random.Generator]], device: torch.device
+) -> Iterator[tuple[DeviceShard, np.random.Generator]]:
+    """Each buffer copied to `device` once, as stored (the float32 conversion happens per batch there)."""
+    stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+    for buf, rng in buffers:
+        z, steps = buf.memory.shape[-1], buf.memory.shape[1]
+        host = [buf.memory.reshape(-1, z), buf.tokens, buf.targets]
+        if buf.scale is not None:
+            host.append(buf.scale.reshape(-1, buf.scale.shape[-1]))
+        memory, tokens, targets, *scale = _upload(host, device, stream)
+        yield DeviceShard(memory, scale[0] if scale else None, tokens, targets, buf.valid, steps, stream), rng
+
 
 # (shard ids, a Shard whose storage may be reused or None) -> the shards' windows
 LoadShards = Callable[[list[int], "Shard | None"], Shard]
@@ -119,24 +197,34 @@ def _buffers(
             spare.append(buffer)  # the consumer asked for more: batches are copies, so it is free
 
 
+def _stream(
+    load: LoadShards, num_shards: int, seed: int, shuffle: bool, epochs: int | None, shards_per_buffer: int,
+    device: torch.device | str | None,
+) -> Iterator[tuple[Shard | DeviceShard, np.random.Generator]]:
+    buffers = _buffers(load, num_shards, seed, shuffle, epochs, shards_per_buffer)
+    return buffers if device is None else _on_device(buffers, torch.device(device))
+
+
 def iter_transitions(
     load: LoadShards, num_shards: int, context_len: int, batch_size: int, seed: int, shuffle: bool,
     epochs: int | None, shards_per_buffer: int, drop_last: bool, dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
 ) -> Iterator[Transitions]:
     """Every transition of every window once per epoch, in batches; see `LabelStore.transitions`."""
     carry: Transitions | None = None
-    for buf, rng in _buffers(load, num_shards, seed, shuffle, epochs, shards_per_buffer):
-        steps = buf.memory.shape[1]
+    for buf, rng in _stream(load, num_shards, seed, shuffle, epochs, shards_per_buffer, device):
+        steps = buf.steps
         pairs = (buf.valid[:, None] * steps + np.arange(steps - 1)[None, :]).reshape(-1)  # w*(L+1)+j, j < L
         if shuffle:
             pairs = pairs[rng.permutation(len(pairs))]
+        pairs = buf.indices(pairs)
         start = 0
         while start < len(pairs):
             need = batch_size - (len(carry.m) if carry is not None else 0)
             ids = pairs[start : start + need]
             start += len(ids)
             win, col = ids // steps, context_len + ids % steps
-            x_next, y_next = (torch.from_numpy(a[win, col].astype(np.int64)) for a in (buf.tokens, buf.targets))
+            x_next, y_next = buf.pick(buf.tokens, win, col), buf.pick(buf.targets, win, col)
             part = Transitions(buf.gather(ids, dtype), x_next, buf.gather(ids + 1, dtype), y_next)
             if carry is not None:
                 part = Transitions(*(torch.cat([a, b]) for a, b in zip(carry, part, strict=True)))
@@ -152,23 +240,26 @@ def iter_transitions(
 def iter_trajectories(
     load: LoadShards, num_shards: int, context_len: int, future_len: int, length: int, batch_size: int,
     seed: int, shuffle: bool, epochs: int | None, shards_per_buffer: int, drop_last: bool,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
 ) -> Iterator[Trajectories]:
     """Every window once per epoch, cut to `length` transitions at a random (seeded) offset."""
     carry: list[Tensor] | None = None
     span = context_len + length + future_len
-    for buf, rng in _buffers(load, num_shards, seed, shuffle, epochs, shards_per_buffer):
-        steps, w = buf.memory.shape[1], len(buf.valid)
+    for buf, rng in _stream(load, num_shards, seed, shuffle, epochs, shards_per_buffer, device):
+        steps, w = buf.steps, len(buf.valid)
         order = buf.valid[rng.permutation(w)] if shuffle else buf.valid
         slack = steps - 1 - length
         offsets = rng.integers(0, slack + 1, size=w) if shuffle and slack > 0 else np.zeros(w, dtype=np.int64)
+        order, offsets, span_ids, step_ids = (
+            buf.indices(a) for a in (order, offsets, np.arange(span), np.arange(length + 1))
+        )
         for start in range(0, w, batch_size):
             win, off = order[start : start + batch_size], offsets[start : start + batch_size]
-            pos = off[:, None] + np.arange(span)[None, :]
+            pos = off[:, None] + span_ids[None, :]
             parts = [
-                buf.gather(win[:, None] * steps + off[:, None] + np.arange(length + 1)[None, :], dtype),
-                torch.from_numpy(np.take_along_axis(buf.tokens[win], pos, axis=1).astype(np.int64)),
-                torch.from_numpy(np.take_along_axis(buf.targets[win], pos, axis=1).astype(np.int64)),
+                buf.gather(win[:, None] * steps + off[:, None] + step_ids[None, :], dtype),
+                buf.pick(buf.tokens, win[:, None], pos),
+                buf.pick(buf.targets, win[:, None], pos),
             ]
             if carry is not None:
                 parts = [torch.cat([a, b]) for a, b in zip(carry, parts, strict=True)]

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _fixtures_labels import TINY_MODEL, TINY_SPEC
+from _fixtures_labels import IN_MEMORY, TINY_MODEL, TINY_SPEC
 
 from schemas.config import LabelSpec, TeacherModelConfig
+from stages.labels import labels_stage
 from store.artifacts import ArtifactError
 from store.labels import LabelStore, projected_store_bytes
 
@@ -121,6 +122,55 @@ def test_trajectories_are_aligned_with_the_store(label_env):
     assert seen == 20  # drop_last: 24 windows in batches of 5
     with pytest.raises(ValueError, match="trajectory_len"):
         store.trajectories(batch_size=2, length=9)
+
+
+@pytest.fixture(scope="module")
+def int8_store(label_env, tmp_path_factory) -> str:
+    spec = TINY_SPEC.model_copy(update={"dtype": "int8"})
+    root = str(tmp_path_factory.mktemp("int8"))
+    return labels_stage(label_env.tokens.url, label_env.teacher.url, spec, IN_MEMORY, root).url
+
+
+def _assert_same_batches(host: list, device: list, on: str) -> None:
+    assert len(host) == len(device) > 0
+    for a, b in zip(host, device, strict=True):
+        for x, y in zip(a, b, strict=True):
+            assert y.device.type == on and x.dtype == y.dtype and torch.equal(x, y.cpu())
+
+
+TRANSITION_CASES = [
+    {"batch_size": 37, "seed": 5, "shards_per_buffer": 2, "epochs": 2},  # batches straddle buffers and epochs
+    {"batch_size": 50, "shuffle": False},
+    {"batch_size": 16, "split": "train", "drop_last": True, "dtype": torch.float16},
+]
+TRAJECTORY_CASES = [
+    {"batch_size": 5, "length": 3, "seed": 1, "epochs": 2, "drop_last": False},
+    {"batch_size": 4, "length": 8, "shuffle": False},
+    {"batch_size": 3, "length": 5, "split": "train", "shards_per_buffer": 3},
+]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int8"])
+def test_device_buffers_serve_the_same_batches_in_the_same_order(label_env, int8_store, dtype):
+    store = LabelStore.open(label_env.store.url if dtype == "float16" else int8_store)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        for kwargs in TRANSITION_CASES:
+            host = list(store.transitions(**kwargs))
+            _assert_same_batches(host, list(store.transitions(**kwargs, device=device)), device)
+        for kwargs in TRAJECTORY_CASES:
+            host = list(store.trajectories(**kwargs))
+            _assert_same_batches(host, list(store.trajectories(**kwargs, device=device)), device)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_batches_pass_through_the_prefetcher_unpinned(label_env):
+    from training.prefetch import Prefetcher
+
+    store = LabelStore.open(label_env.store.url)
+    host = list(store.transitions(batch_size=32, seed=2))
+    got = list(Prefetcher(lambda: store.transitions(batch_size=32, seed=2, device="cuda"), pin_memory=False))
+    _assert_same_batches(host, got, "cuda")
 
 
 def test_projected_store_bytes_at_published_size():

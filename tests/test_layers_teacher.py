@@ -7,6 +7,7 @@ import torch
 
 from models.build import build_teacher
 from models.layers import apply_rotary, normalize_memory, rms_normalize, rotary_tables
+from models.teacher import TRIM_STEP, trim_left_padding
 from schemas.config import TeacherModelConfig
 from training.windows import context_windows, encode_positions, future_slices, gather_span
 
@@ -85,6 +86,31 @@ def test_padding_never_changes_the_memory_of_the_real_tokens(teacher):
     assert (teacher.encode(changed) - reference).abs().max() > 1e-3
     longer = torch.cat((torch.zeros(2, 1, dtype=torch.long), real), 1)
     assert (teacher.encode(longer) - reference).abs().max() > 1e-3
+
+
+def test_common_left_padding_is_cut_and_full_batches_run_unmasked(teacher):
+    assert TRIM_STEP == 16
+    real = torch.randint(0, V, (2, 5))
+    for pads, width, still_padded in ((16, 5, False), (17, 6, True), (40, 13, True), (0, 5, False)):
+        padded = torch.cat((torch.full((2, pads), -1), real), 1)
+        trimmed, left = trim_left_padding(padded)
+        assert trimmed.shape == (2, width) and left is still_padded
+        torch.testing.assert_close(trimmed[:, -5:], real, atol=0, rtol=0)  # never cuts a real token
+    # a row with fewer pads keeps the batch's columns; a right pad (teacher anchors past the end) keeps the mask
+    mixed = torch.cat((torch.full((2, 20), -1), real), 1)
+    mixed[1, 2:20] = 3
+    assert trim_left_padding(mixed)[0].shape == (2, 25)
+    right = torch.cat((real, torch.full((2, 1), -1)), 1)
+    kept, left = trim_left_padding(right)
+    assert kept.shape == right.shape and left
+    assert trim_left_padding(torch.full((3, 32), -1))[0].shape == (3, 0)
+    # and the memory is the same as with every padding column kept
+    for pads in (16, 17, 40):
+        padded = torch.cat((torch.full((2, pads), -1), real), 1)
+        torch.testing.assert_close(teacher.encode(padded), teacher.encode(real), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        teacher.encode(torch.full((1, 32), -1)), teacher.encode(torch.full((1, 3), -1)), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_fully_padded_window_is_finite(teacher):

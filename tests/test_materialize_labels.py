@@ -195,8 +195,11 @@ def test_resume_after_sigkill_is_byte_identical(label_env, tmp_path):
 
 def test_runner_flags():
     assert runner_flags(BeamConfig(runner="DirectRunner", num_workers=2)) == [
-        "--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+        "--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing",
+        "--default_sdk_harness_log_level=WARNING"]
     assert "--direct_running_mode=in_memory" in runner_flags(IN_MEMORY)
+    chatty = runner_flags(BeamConfig(runner="DirectRunner", options=["--default_sdk_harness_log_level=INFO"]))
+    assert chatty.count("--default_sdk_harness_log_level=INFO") == 1 and len(chatty) == 4  # the user's wins
     flink = runner_flags(BeamConfig(runner="FlinkRunner", options=["--flink_master=h:8081",
                                                                    "--environment_type=LOOPBACK"]))
     assert flink == ["--runner=FlinkRunner", "--flink_master=h:8081", "--environment_type=LOOPBACK"]

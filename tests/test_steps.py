@@ -264,12 +264,20 @@ def test_dmt_credit_is_one_step_and_readout_does_not_reach_the_updater(models):
     teacher.requires_grad_(False)
     x, y = tokens(3, 9)
     targets = torch.randn(3, 9, K * D)
-    outputs = record_updates(rnn)
     cfg = DMTConfig(rollout_len=8, pull_every=8, readout_weight=0.0, dec_weight=0.0, unif_weight=0.0)
-    dmt_step_loss(rnn, targets, x, y, cfg)["loss"].backward()
-    assert len(outputs) == 8
-    assert outputs[-1].grad.abs().sum() > 0  # the pulled step
-    assert all(o.grad is None for o in outputs[:-1])  # no credit into earlier updates
+    params = list(rnn.updater_parameters())
+    got = grads(dmt_step_loss(rnn, targets, x, y, cfg)["loss"], params)
+    m = targets[:, 0]
+    for s in range(1, 8):
+        m = rnn.update(m, x[:, s])  # with grad: a BPTT-style chain through the rollout
+    one_step = F.mse_loss(rnn.update(m.detach(), x[:, 8]), targets[:, 8])  # credit for the pulled step only
+    through = F.mse_loss(rnn.update(m, x[:, 8]), targets[:, 8])  # credit flowing back through steps 1..7
+    expected, bptt = grads(10 * one_step, params), grads(10 * through, params)
+    for a, b in zip(got, expected, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert any(a is not None and (a - b).abs().max() > 1e-4 for a, b in zip(got, bptt, strict=True))
     rnn.zero_grad()
     out = dmt_step_loss(rnn, targets, x, y, DMTConfig(rollout_len=8, pull_every=4), teacher)
     assert not nonzero(grads(out["readout"], rnn.updater_parameters()))

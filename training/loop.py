@@ -284,7 +284,7 @@ class TrainLoop:
             m.train()
         stream = self.batches(self.step)
         stopped = "steps"
-        progress = _Progress(self.name, total, self.step, progress_mode(self.ctx))
+        progress = _Progress(self.name, total, self.step, progress_mode(self.ctx), self.max_seconds)
         window_t, window_steps = 0.0, 0
         try:
             with progress:
@@ -306,7 +306,7 @@ class TrainLoop:
                         row = self._log(window_t, window_steps)
                         window_t, window_steps = 0.0, 0
                         progress.update(loss=row["loss"], step=self.step, elapsed=self.elapsed)
-                    progress.advance()
+                    progress.advance(self.step, self.elapsed)
                     if self.step % self.run_cfg.checkpoint_every == 0 and self.step < total:
                         self.save()
                         _close(stream)
@@ -329,38 +329,47 @@ def _close(stream: Iterator[Any]) -> None:
 
 
 class _Progress:
-    """A rich progress bar ('bar'), a plain line per logging interval ('lines'), or nothing ('off')."""
+    """A rich progress bar ('bar'), a plain line per logging interval ('lines'), or nothing ('off').
 
-    def __init__(self, name: str, total: int, start: int, mode: str) -> None:
+    Under a wall-clock budget (`seconds`) the bar runs over seconds, not over the step cap, which a
+    seconds-bounded run rarely reaches.
+    """
+
+    def __init__(self, name: str, total: int, start: int, mode: str, seconds: float | None = None) -> None:
         self.enabled, self.lines = mode == "bar", mode == "lines"
-        self.name, self.total, self.start = name, total, start
+        self.name, self.total, self.start, self.seconds = name, total, start, seconds
         self._bar: Any = None
 
     def __enter__(self) -> _Progress:
         if self.enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+            count = TextColumn("step {task.fields[step]}") if self.seconds else MofNCompleteColumn()
             self._bar = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
-                MofNCompleteColumn(),
+                count,
                 TextColumn("loss {task.fields[loss]:.4f}"),
                 TimeRemainingColumn(),
             )
             self._bar.__enter__()
-            self._task = self._bar.add_task(self.name, total=self.total, completed=self.start, loss=float("nan"))
+            total, done = (self.seconds, 0.0) if self.seconds else (self.total, self.start)
+            self._task = self._bar.add_task(self.name, total=total, completed=done, loss=float("nan"), step=self.start)
         return self
 
     def __exit__(self, *exc: Any) -> None:
         if self._bar is not None:
             self._bar.__exit__(*exc)
 
-    def advance(self) -> None:
+    def advance(self, step: int, elapsed: float) -> None:
         if self._bar is not None:
-            self._bar.advance(self._task)
+            done = min(elapsed, self.seconds) if self.seconds else step
+            self._bar.update(self._task, completed=done, step=step)
 
     def update(self, loss: float, step: int, elapsed: float) -> None:
         if self._bar is not None:
             self._bar.update(self._task, loss=loss)
         elif self.lines:
-            print(f"{self.name}: step {step}/{self.total} loss {loss:.4f} ({elapsed:.0f} s)", flush=True)
+            of = f"{elapsed:.0f}/{self.seconds:.0f} s budget" if self.seconds else f"{elapsed:.0f} s"
+            count = f"step {step}" if self.seconds else f"step {step}/{self.total}"
+            print(f"{self.name}: {count} loss {loss:.4f} ({of})", flush=True)

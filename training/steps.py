@@ -128,7 +128,10 @@ def dmt_step_loss(
     Td = min(cfg.rollout_len, memories_target.shape[1]-1, S-1).
 
     Rollout from m_0 = memories_target[:, 0]: m_s = update(m_{s-1}.detach(), x[:, s]), so each update gets
-    one-step credit only. Losses (weights from cfg):
+    one-step credit only. That makes the rollout itself gradient-free: it runs under no_grad (Td small
+    sequential steps with no autograd bookkeeping), and the pulled steps are recomputed afterwards with
+    grad in ONE batched update over (B * Td/k) rows, whose gradients equal the step-by-step ones.
+    Losses (weights from cfg):
       pull:    MSE(m_s, memories_target[:, s]) at every k-th step (s % pull_every == 0);
       readout: CE of readout(m_s.detach()) vs y[:, s] at every step (never reaches the updater);
       dec:     frozen decoder L_dec from own m_s at pull steps (only with `decoder_readout`);
@@ -137,20 +140,15 @@ def dmt_step_loss(
     memories_target = memories_target.detach().float()  # store labels may be float16
     td = min(cfg.rollout_len, memories_target.shape[1] - 1, x.shape[1] - 1)
     pull_steps = list(range(cfg.pull_every, td + 1, cfg.pull_every))
-    m = memories_target[:, 0]
-    own, pulled = [], []
-    for s in range(1, td + 1):
-        m = rnn.update(m.detach(), x[:, s])
-        own.append(m.detach())
-        if s % cfg.pull_every == 0:
-            pulled.append(m)
-    b, z = m.shape
-    readout = masked_cross_entropy(rnn.readout(torch.stack(own, 1).view(-1, z)), y[:, 1 : td + 1].reshape(-1))
-    zero = m.sum() * 0.0
+    own = rollout(rnn, memories_target[:, 0], x[:, 1 : td + 1])  # (B, Td, Z): m_1 .. m_Td
+    b, _, z = own.shape
+    readout = masked_cross_entropy(rnn.readout(own.reshape(-1, z)), y[:, 1 : td + 1].reshape(-1))
+    zero = readout * 0.0
     pull = dec = unif = zero
-    if pulled:
+    if pull_steps:
         steps = torch.tensor(pull_steps, device=x.device)
-        pred = torch.stack(pulled, 1)  # (B, P, Z)
+        before = torch.cat((memories_target[:, :1], own), 1)[:, steps - 1]  # m_{s-1} of each pull step s
+        pred = rnn.update(before.reshape(-1, z), x[:, steps].reshape(-1)).view(b, len(pull_steps), z)
         valid = x[:, steps] >= 0
         pull = dynamics_loss(pred.view(-1, z), memories_target[:, steps].reshape(-1, z), valid.reshape(-1))
         unif = uniformity_loss(pred, rnn.memory_tokens, generator=generator)
@@ -161,6 +159,16 @@ def dmt_step_loss(
             dec, _ = decoding_loss(logits, y_fut.reshape(-1, y_fut.shape[-1]))
     loss = cfg.dyn_weight * pull + cfg.readout_weight * readout + cfg.dec_weight * dec + cfg.unif_weight * unif
     return {"loss": loss, "dyn": pull, "readout": readout, "dec": dec, "unif": unif}
+
+
+@torch.no_grad()
+def rollout(rnn: RNN, m: Tensor, x: Tensor) -> Tensor:
+    """Run the RNN from memory m (B, Z) over tokens x (B, T) on its own memories: (B, T, Z), no graph."""
+    out = torch.empty(x.shape[0], x.shape[1], m.shape[-1], device=m.device, dtype=m.dtype)
+    for s in range(x.shape[1]):
+        m = rnn.update(m, x[:, s])
+        out[:, s] = m
+    return out
 
 
 def bptt_step_loss(rnn: RNN, x: Tensor, y: Tensor) -> dict[str, Tensor]:
