@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 import copy
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import torch
 from torch import nn
 
 from models.rnn import RNN, RNN_KINDS, DecoderReadout, MLPReadout
 from models.teacher import Decoder, Teacher
 from schemas.config import RNNConfig, TeacherModelConfig
+
+_INIT_LOCK = threading.Lock()
+
+
+@contextmanager
+def seeded_init(seed: int) -> Iterator[None]:
+    """Initialise modules from `seed` whatever else is running.
+
+    The flow trains several variants at once in threads, and they all draw their initial weights from
+    torch's one global CPU generator: seeding it and then building was a race (two runs of the same
+    config gave different GRU students). Builds now hold a lock on a seeded fork of that generator.
+    """
+    with _INIT_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def build_teacher(cfg: TeacherModelConfig) -> Teacher:

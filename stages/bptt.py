@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from models.build import build_rnn
+from models.build import build_rnn, seeded_init
 from schemas.config import BPTTConfig, RNNConfig
 from schemas.layout import SPLIT_TRAIN
 from stages.crops import DocumentCrops
@@ -76,8 +76,8 @@ def bptt_stage(
     ctx = init_distributed(device)
     device = rank_device(device, ctx)
 
-    torch.manual_seed(cfg.run.seed)
-    rnn = build_rnn(variant, model_cfg, teacher)  # readout: teacher-decoder init, see module doc
+    with seeded_init(cfg.run.seed):
+        rnn = build_rnn(variant, model_cfg, teacher)  # readout: teacher-decoder init, see module doc
     del teacher
 
     def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from models.build import build_rnn
+from models.build import build_rnn, seeded_init
 from schemas.config import DistillConfig, RNNConfig
 from schemas.layout import SPLIT_TRAIN
 from stages.plans import plan_distill
@@ -67,8 +67,8 @@ def distill_stage(labels_url: str, teacher_url: str, variant: RNNConfig, cfg: Di
     ctx = init_distributed(device)
     device = rank_device(device, ctx)
 
-    torch.manual_seed(cfg.run.seed)
-    rnn = build_rnn(variant, model_cfg, teacher)
+    with seeded_init(cfg.run.seed):
+        rnn = build_rnn(variant, model_cfg, teacher)
     with torch.no_grad():  # m_{-1}: the teacher's memory of an empty (all-padding) context
         empty = torch.full((1, model_cfg.context_len), -1, dtype=torch.long)
         rnn.initial.copy_(teacher.encode(empty))

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.build import build_rnn, build_teacher
+from models.build import build_rnn, build_teacher, seeded_init
 from schemas.config import TeacherTrainConfig
 from schemas.layout import SPLIT_TEST, SPLIT_TRAIN
 from schemas.manifest import Manifest
@@ -118,9 +118,9 @@ def teacher_stage(tokens_url: str, cfg: TeacherTrainConfig, root: str) -> Artifa
     train = DocumentCrops(tokens, SPLIT_TRAIN)
     mc = cfg.model
 
-    torch.manual_seed(cfg.run.seed)  # identical init on every rank and every resume
-    teacher = build_teacher(mc)
-    updater = build_rnn(cfg.updater, mc, teacher)
+    with seeded_init(cfg.run.seed):  # identical init on every rank and every resume
+        teacher = build_teacher(mc)
+        updater = build_rnn(cfg.updater, mc, teacher)
     generator = torch.Generator(device=device)
     generator.manual_seed(rank_seed(cfg.run.seed, ctx.rank, "teacher-loss"))
     anchors_cache: dict[int, torch.Tensor] = {}

@@ -103,3 +103,33 @@ def test_lstm_memory_is_h_and_c_and_needs_an_even_size():
         build_rnn(rnn_cfg("lstm"), cfg)
     rnn = build_rnn(rnn_cfg("lstm"), TCFG)
     assert rnn.cell.hidden_size == K * D // 2
+
+
+def test_concurrent_seeded_builds_equal_sequential_ones():
+    """The flow builds its variants in concurrent threads; each must get the init of its own seed."""
+    import threading
+
+    from models.build import seeded_init
+
+    variants = [RNNConfig(kind=k, width=8, hidden=16, readout="mlp") for k in ("gru", "lstm", "gated_linear")]
+
+    def build(i: int) -> dict[str, torch.Tensor]:
+        with seeded_init(i):
+            return build_rnn(variants[i % 3], TCFG).state_dict()
+
+    reference = [build(i) for i in range(6)]
+    results: dict[int, list] = {i: [] for i in range(6)}
+
+    def work(i: int) -> None:
+        for _ in range(3):
+            results[i].append(build(i))
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    for i, built in results.items():
+        assert len(built) == 3
+        assert all(torch.equal(b[k], reference[i][k]) for b in built for k in reference[i])
+    assert not torch.equal(reference[0]["initial"], reference[3]["initial"])  # the seed matters
