@@ -97,12 +97,17 @@ def test_updater_parameters_exclude_the_readout_head(teacher):
     assert updater | head == {id(p) for p in rnn.parameters()}
 
 
-def test_lstm_memory_is_h_and_c_and_needs_an_even_size():
-    cfg = TeacherModelConfig(vocab_size=V, width=8, heads=1, memory_tokens=1, memory_dim=5)
-    with pytest.raises(ValueError, match="even"):
-        build_rnn(rnn_cfg("lstm"), cfg)
+def test_lstm_memory_is_its_cell_state():
     rnn = build_rnn(rnn_cfg("lstm"), TCFG)
-    assert rnn.cell.hidden_size == K * D // 2
+    m = torch.randn(3, K * D)
+    x = torch.tensor([1, 2, -1])
+    i, f, g = rnn.gates(torch.cat((rnn.embed(x), torch.tanh(m)), -1)).chunk(3, dim=-1)
+    expected = torch.sigmoid(f) * m + torch.sigmoid(i) * torch.tanh(g)
+    torch.testing.assert_close(rnn.step(m, x), expected)
+    with torch.no_grad():  # a shut input gate and an open forget gate keep the memory as it is
+        rnn.gates.bias[: K * D].fill_(-1e4)
+        rnn.gates.bias[K * D : 2 * K * D].fill_(1e4)
+    torch.testing.assert_close(rnn.step(m, x), m)
 
 
 def test_concurrent_seeded_builds_equal_sequential_ones():
