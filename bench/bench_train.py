@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
         }
     if device.type == "cuda":
         report["peak_gpu_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-    print(json.dumps(report, indent=2))
+    print(json.dumps(report))
     return report
 
 

@@ -129,8 +129,9 @@ def _upload(arrays: list[np.ndarray], device: torch.device, stream: torch.cuda.S
     """Host arrays as tensors on `device`. CPU: zero-copy views (batches are gathered copies, and the
     storage is only reused once the next buffer is asked for). CUDA: non-blocking copies on a side
     stream, so they do not queue behind training kernels, then a wait on that copy alone: the reader
-    refills the (pinned) host storage next, so the copy must have read it (a few ms per buffer, on the
-    prefetch thread). The consumer stream waits for the copy on the GPU before gathering."""
+    refills the (pinned) host storage next, so the copy must have read it (a few ms per buffer, in the
+    thread that iterates the stream: the Prefetcher's in the stages). The consumer stream waits for
+    the copy on the GPU before gathering."""
     tensors = [torch.from_numpy(a) for a in arrays]
     if device.type == "cpu":
         return tensors

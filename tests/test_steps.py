@@ -319,3 +319,15 @@ def test_anchors_reach_the_last_position():
         xs, _ = crops.anchored(np.random.default_rng(0), 2000, before=0, after=1)
         # the anchor is column 0; the last position of a document is the one whose next token is padding
         assert (xs[:, 1] == -1).any() and (xs[:, 0] >= 0).all()
+
+
+def test_dmt_updater_gets_gradient_under_bf16_autocast(models):
+    """The no-grad rollout must not leave autocast weight casts that cut the recomputed step's gradient."""
+    teacher, rnn = models
+    teacher.requires_grad_(False)
+    x, y = tokens(3, 9)
+    targets = torch.randn(3, 9, K * D)
+    cfg = DMTConfig(rollout_len=8, pull_every=4, readout_weight=0.0, dec_weight=0.0, unif_weight=0.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = dmt_step_loss(rnn, targets, x, y, cfg)["loss"]
+    assert nonzero(grads(loss, rnn.updater_parameters()))

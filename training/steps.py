@@ -130,7 +130,8 @@ def dmt_step_loss(
     Rollout from m_0 = memories_target[:, 0]: m_s = update(m_{s-1}.detach(), x[:, s]), so each update gets
     one-step credit only. That makes the rollout itself gradient-free: it runs under no_grad (Td small
     sequential steps with no autograd bookkeeping), and the pulled steps are recomputed afterwards with
-    grad in ONE batched update over (B * Td/k) rows, whose gradients equal the step-by-step ones.
+    grad in ONE batched update over (B * Td/k) rows, whose gradients equal the step-by-step ones up to
+    float rounding (another batch shape may pick another matmul kernel).
     Losses (weights from cfg):
       pull:    MSE(m_s, memories_target[:, s]) at every k-th step (s % pull_every == 0);
       readout: CE of readout(m_s.detach()) vs y[:, s] at every step (never reaches the updater);
@@ -141,6 +142,9 @@ def dmt_step_loss(
     td = min(cfg.rollout_len, memories_target.shape[1] - 1, x.shape[1] - 1)
     pull_steps = list(range(cfg.pull_every, td + 1, cfg.pull_every))
     own = rollout(rnn, memories_target[:, 0], x[:, 1 : td + 1])  # (B, Td, Z): m_1 .. m_Td
+    # weight casts cached by autocast under no_grad must not be reused with grad (older torch reused
+    # them and silently cut the updater's gradient: pytorch#112583)
+    torch.clear_autocast_cache()
     b, _, z = own.shape
     readout = masked_cross_entropy(rnn.readout(own.reshape(-1, z)), y[:, 1 : td + 1].reshape(-1))
     zero = readout * 0.0
