@@ -8,10 +8,10 @@ The buffer keeps memories as stored (float16, or int8 + scales) and each batch g
 converts them to float32 (one conversion per row served). device=None gathers on the CPU with numpy;
 a `device` gets each buffer copied there once, as stored, and every batch gathered there with torch:
 on CUDA each memory crosses the bus once per epoch at 2 bytes a value instead of twice (m_t, m_{t+1})
-at 4, and the gather runs on the GPU. Both give the same batches in the same order. Measured on the
-2-core dev VM at Z=4096 (L=64, batches of 1024, after a warm-up epoch; +-15% run to run): ~80k
-transitions/s in float32 with device=None or "cpu" alike, ~130k without the conversion (float16
-out), and read_shards alone supplies 1.4-1.7 GB/s = 170k-205k transitions/s, the bound on the GPU path.
+at 4, and the gather runs on the GPU. Both give the same batches in the same order. On the CPU,
+device=None and device="cpu" measured the same; the README's benchmark table has the figures
+(`bench/bench_labels.py --reader-windows`), including what `read_shards` alone supplies, the bound on
+the GPU path.
 """
 
 from __future__ import annotations
@@ -88,8 +88,8 @@ class Shard(NamedTuple):
     def steps(self) -> int:
         return self.memory.shape[1]
 
-    def indices(self, a: np.ndarray) -> np.ndarray:
-        return a
+    def indices(self, *arrays: np.ndarray) -> list[np.ndarray]:
+        return list(arrays)
 
     def pick(self, a: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> Tensor:
         """Tokens or targets `a[rows, cols]` as long."""
@@ -118,8 +118,9 @@ class DeviceShard(NamedTuple):
             out = out.float().view(len(flat), k, -1) * self.scale.index_select(0, flat)[:, :, None]
         return out.to(dtype).view(*rows.shape, self.memory.shape[-1])
 
-    def indices(self, a: np.ndarray) -> Tensor:
-        return _upload([a], self.memory.device, self.stream)[0]
+    def indices(self, *arrays: np.ndarray) -> list[Tensor]:
+        """Index arrays on the device, in one upload (one wait) per buffer."""
+        return _upload(list(arrays), self.memory.device, self.stream)
 
     def pick(self, a: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
         return a[rows, cols].long()
@@ -218,7 +219,7 @@ def iter_transitions(
         pairs = (buf.valid[:, None] * steps + np.arange(steps - 1)[None, :]).reshape(-1)  # w*(L+1)+j, j < L
         if shuffle:
             pairs = pairs[rng.permutation(len(pairs))]
-        pairs = buf.indices(pairs)
+        (pairs,) = buf.indices(pairs)
         start = 0
         while start < len(pairs):
             need = batch_size - (len(carry.m) if carry is not None else 0)
@@ -251,9 +252,7 @@ def iter_trajectories(
         order = buf.valid[rng.permutation(w)] if shuffle else buf.valid
         slack = steps - 1 - length
         offsets = rng.integers(0, slack + 1, size=w) if shuffle and slack > 0 else np.zeros(w, dtype=np.int64)
-        order, offsets, span_ids, step_ids = (
-            buf.indices(a) for a in (order, offsets, np.arange(span), np.arange(length + 1))
-        )
+        order, offsets, span_ids, step_ids = buf.indices(order, offsets, np.arange(span), np.arange(length + 1))
         for start in range(0, w, batch_size):
             win, off = order[start : start + batch_size], offsets[start : start + batch_size]
             pos = off[:, None] + span_ids[None, :]

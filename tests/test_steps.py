@@ -259,12 +259,18 @@ def test_dmt_matches_a_hand_unrolled_loop(models):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
-def test_dmt_credit_is_one_step_and_readout_does_not_reach_the_updater(models):
+def pull_only(models, pull_every: int):
+    """A frozen teacher, the RNN, 3 random 8-step trajectories and a DMT config with only the pull loss."""
     teacher, rnn = models
     teacher.requires_grad_(False)
     x, y = tokens(3, 9)
     targets = torch.randn(3, 9, K * D)
-    cfg = DMTConfig(rollout_len=8, pull_every=8, readout_weight=0.0, dec_weight=0.0, unif_weight=0.0)
+    cfg = DMTConfig(rollout_len=8, pull_every=pull_every, readout_weight=0.0, dec_weight=0.0, unif_weight=0.0)
+    return teacher, rnn, x, y, targets, cfg
+
+
+def test_dmt_credit_is_one_step_and_readout_does_not_reach_the_updater(models):
+    teacher, rnn, x, y, targets, cfg = pull_only(models, pull_every=8)
     params = list(rnn.updater_parameters())
     got = grads(dmt_step_loss(rnn, targets, x, y, cfg)["loss"], params)
     m = targets[:, 0]
@@ -323,11 +329,7 @@ def test_anchors_reach_the_last_position():
 
 def test_dmt_updater_gets_gradient_under_bf16_autocast(models):
     """The no-grad rollout must not leave autocast weight casts that cut the recomputed step's gradient."""
-    teacher, rnn = models
-    teacher.requires_grad_(False)
-    x, y = tokens(3, 9)
-    targets = torch.randn(3, 9, K * D)
-    cfg = DMTConfig(rollout_len=8, pull_every=4, readout_weight=0.0, dec_weight=0.0, unif_weight=0.0)
+    _, rnn, x, y, targets, cfg = pull_only(models, pull_every=4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = dmt_step_loss(rnn, targets, x, y, cfg)["loss"]
     assert nonzero(grads(loss, rnn.updater_parameters()))
