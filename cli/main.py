@@ -6,11 +6,15 @@ line and exit with status 2; set SMT_DEBUG=1 to see the traceback instead.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -33,6 +37,9 @@ console = Console(stderr=True)
 
 ConfigArg = Annotated[str, typer.Argument(help="pipeline YAML config, e.g. configs/demo.yaml")]
 RootOpt = Annotated[str | None, typer.Option("--root", help="override the config's artifact root URL")]
+ThreadsOpt = Annotated[
+    int | None, typer.Option("--threads", min=1, help="torch CPU threads per task (overrides the config's threads)")
+]
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -42,10 +49,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn user errors into one red line and exit status 2."""
+    """Turn user errors into one red line and exit status 2; a stop (Ctrl-C, SIGTERM) into one line,
+    no process left behind, and status 130 / 143."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        handle_stop_signals()
         try:
             return fn(*args, **kwargs)
         except _user_errors() as err:
@@ -53,22 +62,72 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print(f"stopped ({_signal_name()}): finished work is kept; run the same command again to resume",
+                          highlight=False)
+            raise typer.Exit(128 + _STOPPED_BY[0]) from None
 
     return wrapper
 
 
-def _config(path: str, root: str | None) -> PipelineConfig:
+_STOPPED_BY = [signal.SIGINT]  # the signal that stopped this run
+
+
+def _signal_name() -> str:
+    return signal.Signals(_STOPPED_BY[0]).name
+
+
+def handle_stop_signals() -> None:
+    """SIGINT and SIGTERM: ask every training loop to stop at its next step (training/stopping.py) and
+    interrupt the main thread, wherever it waits (a Beam job, a Prefect future)."""
+    from training.stopping import request_stop
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        _STOPPED_BY[0] = signum
+        request_stop()
+        raise KeyboardInterrupt
+
+    on_signal.requests_stop = True  # type: ignore[attr-defined]  (see training.stopping.stop_first_on_sigterm)
+
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, on_signal)
+    if not _CHILDREN_STOPPED_AT_EXIT:
+        # registered before Prefect registers its server's stop, so it runs after it (atexit is LIFO)
+        atexit.register(stop_children)
+        _CHILDREN_STOPPED_AT_EXIT.append(True)
+
+
+_CHILDREN_STOPPED_AT_EXIT: list[bool] = []
+
+
+def stop_children(grace_s: float = 5.0) -> None:
+    """Terminate what this run started (Prefect's temporary server, Beam's worker processes)."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=grace_s)
+    for child in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+
+
+def _config(path: str, root: str | None, threads: int | None = None) -> PipelineConfig:
     cfg = load_config(path)
-    return cfg.model_copy(update={"root": root}) if root else cfg
+    update = {"root": root, "threads": threads}
+    return cfg.model_copy(update={k: v for k, v in update.items() if v is not None})
 
 
 @app.command()
 @friendly
-def run(config: ConfigArg, root: RootOpt = None) -> None:
+def run(config: ConfigArg, root: RootOpt = None, threads: ThreadsOpt = None) -> None:
     """Run the whole Prefect flow (local ephemeral API unless PREFECT_API_URL is set)."""
     from flows.smt_pipeline import smt_pipeline
 
-    cfg = _config(config, root)
+    cfg = _config(config, root, threads)
     report = smt_pipeline(cfg.model_dump(mode="json"))
     typer.echo(f"report: {report}")
 
@@ -78,10 +137,11 @@ def _stage_command(stage: str) -> Callable[..., None]:
         config: ConfigArg,
         root: RootOpt = None,
         variant: Annotated[list[str] | None, typer.Option(help="only these variant names")] = None,
+        threads: ThreadsOpt = None,
     ) -> None:
         from stages.chain import run_until
 
-        cfg = _config(config, root)
+        cfg = _config(config, root, threads)
         chosen = [v for v in cfg.variants if not variant or v.label in variant]
         if variant and not chosen:
             raise ConfigError(f"no variant named {variant}; the config has {[v.label for v in cfg.variants]}")
@@ -106,11 +166,12 @@ def labels(
     config: ConfigArg,
     root: RootOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the projected store size only")] = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Materialise the label store with Beam (after tokens and teacher), or project its size."""
     from stages.chain import run_until
 
-    cfg = _config(config, root)
+    cfg = _config(config, root, threads)
     if dry_run:
         from stages.labels import dry_run as project
         from stages.tokens import tokens_stage

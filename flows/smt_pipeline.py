@@ -9,6 +9,7 @@ A deleted artifact is rebuilt (the key is only used while the artifact is comple
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from prefect.futures import PrefectFuture
 
 from schemas.config import PipelineConfig, load_config
 from stages import plans
-from stages.bptt import bptt_stage
+from stages.bptt import bptt_stage, budget_inputs
 from stages.distill import distill_stage
 from stages.dmt import dmt_stage
 from stages.evaluate import evaluate_stage
@@ -30,6 +31,8 @@ from stages.report import plan_report, report_stage
 from stages.teacher import teacher_stage
 from stages.tokens import tokens_stage
 from store.artifacts import ArtifactRef, is_complete, read_manifest
+from training.stopping import stop_first_on_sigterm
+from training.threads import threads_for, use_threads
 
 RETRIES = 2  # transient failures (a flaky object store, a preempted worker) are retried
 RETRY_DELAY_S = 5
@@ -90,12 +93,19 @@ def _ref_dict(ref: ArtifactRef) -> dict[str, str]:
 
 
 def _as_dict(stage):
-    """Tasks return plain dicts so Prefect persists them as JSON (no pickle anywhere)."""
+    """Tasks return plain dicts so Prefect persists them as JSON (no pickle anywhere), after setting the
+    task's torch thread count (`threads`: decided by the flow, see training/threads.py)."""
 
-    @functools.wraps(stage)  # keeps the stage's signature: Prefect sees (and caches on) its real parameters
-    def run(**kwargs: Any) -> dict[str, str]:
-        return _ref_dict(stage(**kwargs))
+    @functools.wraps(stage)
+    def run(*args: Any, threads: int | None = None, **kwargs: Any) -> dict[str, str]:
+        if threads is not None:
+            use_threads(threads)
+        return _ref_dict(stage(*args, **kwargs))
 
+    # Prefect binds the call against this signature: the stage's own parameters, plus `threads`
+    signature = inspect.signature(stage)
+    extra = inspect.Parameter("threads", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="int | None")
+    run.__signature__ = signature.replace(parameters=[*signature.parameters.values(), extra])
     return run
 
 
@@ -126,46 +136,47 @@ def _report(evaluation_url: str, lineage: dict[str, dict[str, str]], name: str) 
 report_task = _stage_task(_report, plan_report, "report")
 
 
-def _seconds(ref: dict[str, str]) -> float | None:
-    """Wall-clock a distill stage spent training (for BPTT's 'match_smt_seconds' budget)."""
-    value = read_manifest(ref["url"]).stats.get("train_seconds")
-    return float(value) if value is not None else None
-
-
 @flow(name="smt-pipeline", log_prints=True)
 def smt_pipeline(config: dict[str, Any] | str) -> str:
     """Run the whole pipeline for one config (a dict or a YAML path); returns the report path."""
+    stop_first_on_sigterm()  # a SIGTERM must also stop the variant tasks' loops (training/stopping.py)
     cfg = load_config(config) if isinstance(config, str) else PipelineConfig.model_validate(config)
     root = cfg.root
     results = _result_dir(root)
 
-    tokens = tokens_task(results, cfg=cfg.tokens, root=root)
-    teacher = teacher_task(results, tokens_url=tokens["url"], cfg=cfg.teacher, root=root)
+    def threads(stage: str) -> int:
+        return threads_for(cfg.threads, stage, len(cfg.variants))
+
+    tokens = tokens_task(results, cfg=cfg.tokens, root=root, threads=threads("tokens"))
+    teacher = teacher_task(results, tokens_url=tokens["url"], cfg=cfg.teacher, root=root, threads=threads("teacher"))
     labels = labels_task(
-        results, tokens_url=tokens["url"], teacher_url=teacher["url"], spec=cfg.labels, beam=cfg.beam, root=root
+        results, tokens_url=tokens["url"], teacher_url=teacher["url"], spec=cfg.labels, beam=cfg.beam, root=root,
+        threads=threads("labels"), worker_threads=cfg.threads,
     )
 
     distilled: dict[str, PrefectFuture] = {}
     for variant in cfg.variants:
         distilled[variant.label] = distill_task.submit(
-            results, labels_url=labels["url"], teacher_url=teacher["url"], variant=variant, cfg=cfg.distill, root=root
+            results, labels_url=labels["url"], teacher_url=teacher["url"], variant=variant, cfg=cfg.distill, root=root,
+            threads=threads("distill"),
         )
     finals: dict[str, PrefectFuture] = {}
     for variant in cfg.variants:
         smt = distilled[variant.label].result()
         finals[f"{variant.label}/smt+dmt"] = dmt_task.submit(
-            results, rnn_url=smt["url"], labels_url=labels["url"], teacher_url=teacher["url"], cfg=cfg.dmt, root=root
+            results, rnn_url=smt["url"], labels_url=labels["url"], teacher_url=teacher["url"], cfg=cfg.dmt, root=root,
+            threads=threads("dmt"),
         )
         finals[f"{variant.label}/bptt"] = bptt_task.submit(
             results, tokens_url=tokens["url"], variant=variant, teacher_url=teacher["url"], cfg=cfg.bptt, root=root,
-            smt_seconds=_seconds(smt) if cfg.bptt.budget == "match_smt_seconds" else None,
+            threads=threads("bptt"), **budget_inputs(cfg, variant, smt["url"]),
         )
     rnns = {f"{label}/smt": fut.result() for label, fut in distilled.items()}
     rnns.update({key: fut.result() for key, fut in finals.items()})
 
     evaluation = evaluate_task(
         results, rnn_urls={k: v["url"] for k, v in rnns.items()}, tokens_url=tokens["url"],
-        teacher_url=teacher["url"], labels_url=labels["url"], cfg=cfg.evaluate, root=root,
+        teacher_url=teacher["url"], labels_url=labels["url"], cfg=cfg.evaluate, root=root, threads=threads("evaluate"),
     )
     lineage = {"tokens": tokens, "teacher": teacher, "labels": labels, **rnns, "evaluation": evaluation}
     report = report_task(results, evaluation_url=evaluation["url"], lineage=lineage, name=cfg.name)

@@ -61,6 +61,7 @@ from store.label_layout import (
     read_unit_record,
 )
 from store.tokens import TokensArtifact
+from training.threads import available_cores
 
 log = logging.getLogger("smt.labels")
 Progress = Callable[[int, int], None]  # (units done, units total)
@@ -104,8 +105,11 @@ class EncodeUnitsFn(beam.DoFn):
 def materialize_labels(
     tokens_url: str, teacher_url: str, spec: LabelSpec, beam_cfg: BeamConfig, root: str,
     progress: Progress | None = None,
+    threads: int | None = None,
 ) -> ArtifactRef:
-    """Build (or resume, or just return) the label store of (tokens, teacher, spec) under `root`."""
+    """Build (or resume, or just return) the label store of (tokens, teacher, spec) under `root`.
+
+    threads: torch threads per worker (None: local workers share the cores, remote ones keep torch's default)."""
     tokens_ref, _ = open_artifact(tokens_url, "tokens")
     teacher_ref, teacher_manifest = open_artifact(teacher_url, "teacher")
     model = teacher_config(teacher_manifest).model
@@ -137,7 +141,7 @@ def materialize_labels(
         job = {
             "url": ref.url, "tokens_url": tokens_url, "teacher_url": teacher_url,
             "geometry": asdict(geometry), "batch_size": spec.batch_size, "device": spec.device,
-            "threads": worker_threads(beam_cfg),
+            "threads": worker_threads(beam_cfg, threads),
         }
         monitor = _ProgressMonitor(ref.url, total, geometry.shard_windows * geometry.steps, progress)
         monitor.start()
@@ -164,11 +168,14 @@ def check_reachable(url: str, beam_cfg: BeamConfig) -> None:
         log.warning("label store %s is a local path but %s workers may run elsewhere", url, beam_cfg.runner)
 
 
-def worker_threads(beam_cfg: BeamConfig) -> int:
-    """Torch threads per local worker process: share the cores instead of oversubscribing them."""
-    if is_local_runner(beam_cfg) and beam_cfg.num_workers > 1:
-        return max(1, (os.cpu_count() or 1) // beam_cfg.num_workers)
-    return 0  # 0 = leave torch's default
+def worker_threads(beam_cfg: BeamConfig, setting: int | None = None) -> int:
+    """Torch threads per worker: the config's setting, else local worker processes share the cores
+    instead of oversubscribing them; 0 leaves a remote worker's default."""
+    if setting is not None:
+        return setting
+    if is_local_runner(beam_cfg):
+        return max(1, available_cores() // beam_cfg.num_workers)
+    return 0
 
 
 def prepare_template(ref: ArtifactRef, geometry: LabelGeometry, plan: pa.Table, parents: dict[str, str]) -> None:

@@ -201,8 +201,11 @@ class BPTTConfig(StrictModel):
     run: RunConfig = Field(default_factory=lambda: RunConfig(steps=20_000, batch_size=128))
     optim: OptimConfig = Field(default_factory=OptimConfig)
     seq_len: int = Field(64, ge=1, description="T: unrolled steps per sequence")
-    budget: Literal["steps", "seconds", "match_smt_seconds"] = Field(
-        "steps", description="stop on run.steps, on run.max_seconds, or on the SMT stage's wall-clock"
+    budget: Literal["match_smt_flops", "steps", "seconds", "match_smt_seconds"] = Field(
+        "match_smt_flops",
+        description="match_smt_flops: the training FLOPs of the variant's SMT+DMT student (from the shapes, "
+        "deterministic; run.steps is ignored); steps: run.steps; seconds: run.max_seconds; match_smt_seconds: "
+        "the SMT stage's wall-clock (both seconds budgets follow the machine's load: not reproducible)",
     )
 
 
@@ -225,6 +228,11 @@ class PipelineConfig(StrictModel):
 
     name: str = Field("smt", description="run name shown in Prefect and the report")
     root: str = Field("runs", description="fsspec URL under which content-addressed artifacts live")
+    threads: int | None = Field(
+        None, ge=1, description="torch CPU threads per task (and per local Beam worker); null = the cores shared "
+        "among the tasks that run at once (distill/DMT/BPTT: cores // variants). Recorded in every manifest; "
+        "CPU results depend on it, so fix it to compare bytes across machines",
+    )
     tokens: TokensConfig = Field(default_factory=TokensConfig)
     teacher: TeacherTrainConfig = Field(default_factory=TeacherTrainConfig)
     labels: LabelSpec = Field(default_factory=LabelSpec)

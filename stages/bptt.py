@@ -2,7 +2,9 @@
 
 Trained on the same tokens artifact (train split) the teacher was trained on, with crops of
 `seq_len` tokens (documents no longer than that are taken whole from their start, right-padded).
-Budget: `run.steps`, `run.max_seconds`, or the SMT stage's wall-clock (budget='match_smt_seconds').
+Budget (BPTTConfig.budget): by default the training FLOPs of the variant's SMT+DMT student, counted
+from the shapes (`training/flops.py`), so the baseline gets the same work whatever the machine's load;
+or `run.steps`; or a wall-clock (`run.max_seconds`, or the SMT stage's seconds), which is not reproducible.
 
 Fair comparison: for readout="teacher_decoder" the BPTT RNN gets the same readout *architecture* as
 the SMT RNN, initialised from the teacher's trained decoder weights (and then trained by BPTT), so the
@@ -13,28 +15,51 @@ The teacher is used for nothing else.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
 from models.build import build_rnn, seeded_init
-from schemas.config import BPTTConfig, RNNConfig
+from schemas.config import BPTTConfig, PipelineConfig, RNNConfig, TeacherModelConfig
 from schemas.layout import SPLIT_TRAIN
 from stages.crops import DocumentCrops
 from stages.plans import plan_bptt
 from stages.rnn_io import CHECKPOINT_DIR, publish_rnn
 from stages.teacher import load_teacher, teacher_config
-from store.artifacts import ArtifactRef, is_complete, open_artifact, require_parent
+from store.artifacts import ArtifactRef, is_complete, open_artifact, read_manifest, require_parent
 from store.tokens import TokensArtifact
 from training.distributed import init_distributed, rank_device, rank_seed
+from training.flops import bptt_step_flops, student_training_flops
 from training.loop import TrainLoop, resolve_device
 from training.prefetch import Prefetcher
 from training.steps import bptt_step_loss
 
 
-def bptt_budget(cfg: BPTTConfig, smt_seconds: float | None) -> tuple[int, float | None]:
-    """(max steps, max seconds) for the chosen budget; seconds budgets keep run.steps as a cap
-    (it also sets the length of the LR schedule)."""
+def budget_inputs(pipeline: PipelineConfig, variant: RNNConfig, smt_url: str | None = None) -> dict[str, Any]:
+    """The keyword arguments that fix the BPTT budget of `variant` (the flow and the CLI both use this):
+    `smt_flops` for budget='match_smt_flops' (from the configs alone), `smt_seconds` for
+    'match_smt_seconds' (read from the finished SMT artifact at `smt_url`), nothing otherwise."""
+    budget = pipeline.bptt.budget
+    if budget == "match_smt_flops":
+        return {"smt_flops": student_training_flops(variant, pipeline.teacher.model, pipeline.distill, pipeline.dmt)}
+    if budget == "match_smt_seconds":
+        if smt_url is None:
+            raise ValueError("bptt.budget='match_smt_seconds' needs the finished SMT artifact")
+        return {"smt_seconds": read_manifest(smt_url).stats.get("train_seconds")}
+    return {}
+
+
+def bptt_budget(
+    cfg: BPTTConfig, variant: RNNConfig, model: TeacherModelConfig,
+    smt_seconds: float | None = None, smt_flops: int | None = None,
+) -> tuple[int, float | None]:
+    """(max steps, max seconds) for the chosen budget. Seconds budgets keep run.steps as a cap (it also
+    sets the length of the LR schedule); a FLOPs budget sets the step count itself."""
+    if cfg.budget == "match_smt_flops":
+        if not smt_flops:
+            raise ValueError("bptt.budget='match_smt_flops' needs the SMT student's training FLOPs (smt_flops)")
+        return max(1, smt_flops // bptt_step_flops(variant, model, cfg)), None
     if cfg.budget == "steps":
         return cfg.run.steps, cfg.run.max_seconds
     if cfg.budget == "seconds":
@@ -53,6 +78,7 @@ def bptt_stage(
     cfg: BPTTConfig,
     root: str,
     smt_seconds: float | None = None,
+    smt_flops: int | None = None,
 ) -> ArtifactRef:
     """Train (or find) the BPTT baseline of `variant`; publishes kind "rnn" with parents
     {"tokens", "teacher"} (teacher: the source of the readout init, and the lineage evaluation checks)."""
@@ -63,14 +89,15 @@ def bptt_stage(
         cfg=cfg,
         root=root,
         smt_seconds=smt_seconds,
+        smt_flops=smt_flops,
     )
     if is_complete(ref.url):
         return ref
-    steps, max_seconds = bptt_budget(cfg, smt_seconds)
     tokens_ref, _ = open_artifact(tokens_url, "tokens")
     teacher, teacher_manifest = load_teacher(teacher_url)
     require_parent(teacher_manifest, "tokens", tokens_ref.hash, f"teacher {teacher_url}")
     model_cfg = teacher_config(teacher_manifest).model
+    steps, max_seconds = bptt_budget(cfg, variant, model_cfg, smt_seconds, smt_flops)
     train = DocumentCrops(TokensArtifact.open(tokens_url), SPLIT_TRAIN)
     device = resolve_device(cfg.run.device)
     ctx = init_distributed(device)
@@ -107,9 +134,13 @@ def bptt_stage(
     )
     result = loop.run()
     if ctx.is_main:
+        step_flops = bptt_step_flops(variant, model_cfg, cfg)
         stats = {
             "budget": cfg.budget,
             "budget_seconds": max_seconds,
+            "budget_flops": smt_flops,
+            "step_flops": step_flops,
+            "train_flops": result.step * step_flops * ctx.world_size,
             "tokens_per_s": result.step * cfg.run.batch_size * cfg.seq_len * ctx.world_size / max(result.seconds, 1e-9),
             "step_seconds": result.seconds / max(result.step, 1),
             "world_size": ctx.world_size,
@@ -121,6 +152,7 @@ def bptt_stage(
             "variant": variant.model_dump(mode="json"),
             "train": cfg.model_dump(mode="json"),
             "smt_seconds": smt_seconds,
+            **({"smt_flops": smt_flops} if smt_flops is not None else {}),
         }
         publish_rnn(ref, config, parents, rnn, model_cfg, result, stats)
     ctx.barrier()

@@ -12,7 +12,8 @@ from contextlib import contextmanager
 
 from schemas.config import PipelineConfig, RNNConfig
 from stages.plans import plan_labels, plan_tokens
-from store.artifacts import ArtifactError, ArtifactRef, is_complete, read_manifest
+from store.artifacts import ArtifactError, ArtifactRef, is_complete
+from training.threads import threads_for, use_threads
 
 STAGES = ("tokens", "teacher", "labels", "distill", "dmt", "bptt", "evaluate")
 
@@ -24,7 +25,7 @@ def run_until(
     """Build every artifact up to `last` (inclusive); returns role -> ref."""
     if last not in STAGES:
         raise ValueError(f"unknown stage '{last}', expected one of {', '.join(STAGES)}")
-    from stages.bptt import bptt_stage
+    from stages.bptt import bptt_stage, budget_inputs
     from stages.distill import distill_stage
     from stages.dmt import dmt_stage
     from stages.evaluate import evaluate_stage
@@ -42,23 +43,30 @@ def run_until(
         log(f"{role}: {ref.url}")
         return ref
 
+    def threads(stage: str) -> None:  # the flow's counts, so one by one gives its bytes (training/threads.py)
+        use_threads(threads_for(cfg.threads, stage, len(cfg.variants)))
+
     if under_torchrun():  # data stages are not rank-aware: every rank would build them at once
         _require_built("tokens", plan_tokens(cfg=cfg.tokens, root=root))
+    threads("tokens")
     tokens = done("tokens", tokens_stage(cfg=cfg.tokens, root=root))
     if "teacher" not in wanted:
         return refs
+    threads("teacher")
     teacher = done("teacher", teacher_stage(tokens_url=tokens.url, cfg=cfg.teacher, root=root))
     if "labels" not in wanted:
         return refs
     if under_torchrun():
         planned = plan_labels(tokens_url=tokens.url, teacher_url=teacher.url, spec=cfg.labels, root=root)
         _require_built("labels", planned)
+    threads("labels")
     with units_progress("labels (Beam)") as progress:
         labels = done("labels", labels_stage(
             tokens_url=tokens.url, teacher_url=teacher.url, spec=cfg.labels, beam=cfg.beam, root=root,
-            progress=progress))
+            progress=progress, worker_threads=cfg.threads))
     if last == "labels":
         return refs
+    threads("distill")  # the same count for DMT and BPTT
     for variant in variants:
         if "distill" in wanted:
             smt = done(f"{variant.label}/smt", distill_stage(
@@ -67,11 +75,11 @@ def run_until(
             done(f"{variant.label}/smt+dmt", dmt_stage(
                 rnn_url=smt.url, labels_url=labels.url, teacher_url=teacher.url, cfg=cfg.dmt, root=root))
         if "bptt" in wanted:
-            seconds = read_manifest(smt.url).stats.get("train_seconds")
             done(f"{variant.label}/bptt", bptt_stage(
                 tokens_url=tokens.url, variant=variant, teacher_url=teacher.url, cfg=cfg.bptt, root=root,
-                smt_seconds=seconds if cfg.bptt.budget == "match_smt_seconds" else None))
+                **budget_inputs(cfg, variant, smt.url)))
     if last == "evaluate":
+        threads("evaluate")
         rnn_urls = {role: ref.url for role, ref in refs.items() if ref.kind == "rnn"}
         done("evaluation", evaluate_stage(
             rnn_urls=rnn_urls, tokens_url=tokens.url, teacher_url=teacher.url, labels_url=labels.url,

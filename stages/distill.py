@@ -23,6 +23,7 @@ from stages.teacher import load_teacher, teacher_config
 from store.artifacts import ArtifactError, ArtifactRef, is_complete
 from store.labels import LabelStore, Transitions
 from training.distributed import init_distributed, rank_device, rank_seed
+from training.flops import distill_step_flops
 from training.loop import TrainLoop, resolve_device
 from training.prefetch import Prefetcher
 from training.steps import smt_step_loss
@@ -115,6 +116,7 @@ def distill_stage(labels_url: str, teacher_url: str, variant: RNNConfig, cfg: Di
             if result.metrics
             else None,
             "trained_this_run": trained_here,
+            "train_flops": result.step * distill_step_flops(variant, model_cfg, cfg) * ctx.world_size,
             "world_size": ctx.world_size,
             "device": str(device),
             "label_store_windows": store.num_windows,

@@ -22,6 +22,7 @@ from stages.teacher import load_teacher, teacher_config
 from store.artifacts import ArtifactError, ArtifactRef, is_complete, require_parent
 from store.labels import Trajectories
 from training.distributed import init_distributed, rank_device, rank_seed
+from training.flops import dmt_step_flops
 from training.loop import TrainLoop, resolve_device
 from training.prefetch import Prefetcher
 from training.steps import dmt_step_loss
@@ -90,6 +91,7 @@ def dmt_stage(rnn_url: str, labels_url: str, teacher_url: str, cfg: DMTConfig, r
     if ctx.is_main:
         stats = {
             "step_seconds": result.seconds / max(result.step, 1),
+            "train_flops": result.step * dmt_step_flops(rnn.cfg, model_cfg, cfg) * ctx.world_size,
             "rollout_steps_per_s": result.step * cfg.run.batch_size * cfg.rollout_len / max(result.seconds, 1e-9),
             "world_size": ctx.world_size,
             "device": str(device),

@@ -26,6 +26,12 @@ def is_pixel_data(lengths: np.ndarray, vocab_size: int) -> bool:
     return lengths.size > 0 and bool(np.all(lengths == PIXEL_SEQUENCE)) and vocab_size <= 256
 
 
+def is_byte_text(vocab_size: int) -> bool:
+    """Tokens are bytes (ASCII or Latin-1 text) rather than a small synthetic vocabulary, which would
+    print as '?' characters: those are shown as token ids instead."""
+    return 128 <= vocab_size <= 256
+
+
 def decode_text(tokens: np.ndarray) -> str:
     """Byte tokens -> printable text; anything outside printable ASCII becomes '?' (-1 pads dropped)."""
     chars = []
@@ -44,22 +50,45 @@ def _png(fig: plt.Figure) -> bytes:
 
 
 def plot_read_loss(url: str, metrics: pa.Table, start: str, ceiling: dict[int, float] | None) -> None:
-    """Loss (bits/token) against position, one line per RNN, for one start ('teacher' or 'init'),
-    with the teacher's L_dec0 at the same positions as the ceiling."""
+    """`read_loss_figure` as a PNG at `url`."""
+    write_bytes_atomic(url, _png(read_loss_figure(metrics, start, ceiling)))
+
+
+def read_loss_figure(metrics: pa.Table, start: str, ceiling: dict[int, float] | None) -> plt.Figure:
+    """Loss (bits/token) against position, one series per RNN, for one start ('teacher' or 'init'),
+    with the teacher's L_dec0 at the same positions as the ceiling.
+
+    A task that scores a single position (retrieval's answer) gets a bar per RNN instead of lines that
+    would have one point each; every series has its own colour and marker."""
     rows = [r for r in metrics.to_pylist() if r["start"] == start and r["mode"] != "teacher_dec0"]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name in sorted({r["rnn"] for r in rows}):
-        pts = sorted((r["position"], r["loss_bits"]) for r in rows if r["rnn"] == name)
-        ax.plot([p for p, _ in pts], [v for _, v in pts], label=name, linewidth=1.2)
-    if ceiling:
-        pts = sorted(ceiling.items())
-        ax.plot([p for p, _ in pts], [v for _, v in pts], "k--", label="teacher L_dec0", linewidth=1.0)
-    ax.set_xlabel("position in sequence")
-    ax.set_ylabel("read loss (bits/token)")
+    names = sorted({r["rnn"] for r in rows})
+    colours = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
+    positions = sorted({r["position"] for r in rows})
+    fig, ax = plt.subplots(figsize=(7, max(4.0, 0.3 * len(names))) if len(positions) == 1 else (7, 4))
+    if len(positions) == 1:
+        values = [next(r["loss_bits"] for r in rows if r["rnn"] == name) for name in names]
+        ax.barh(range(len(names)), values, color=[colours(i) for i in range(len(names))])
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.invert_yaxis()
+        if ceiling and positions[0] in ceiling:
+            ax.axvline(ceiling[positions[0]], color="k", linestyle="--", label="teacher L_dec0")
+            ax.legend(fontsize=7)
+        ax.set_xlabel(f"read loss at position {positions[0]} (bits/token), the only scored position")
+    else:
+        markers = "o^sDv<>pP*X"
+        for i, name in enumerate(names):
+            pts = sorted((r["position"], r["loss_bits"]) for r in rows if r["rnn"] == name)
+            ax.plot([p for p, _ in pts], [v for _, v in pts], label=name, linewidth=1.2, color=colours(i),
+                    marker=markers[i % len(markers)], markersize=3)
+        if ceiling:
+            pts = sorted(ceiling.items())
+            ax.plot([p for p, _ in pts], [v for _, v in pts], "k--", label="teacher L_dec0", linewidth=1.0)
+        ax.set_xlabel("position in sequence")
+        ax.set_ylabel("read loss (bits/token)")
+        ax.legend(fontsize=7)
     ax.set_title(f"per-position read loss, start from {start} memory")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    write_bytes_atomic(url, _png(fig))
+    return fig
 
 
 def plot_images(url: str, images: list[np.ndarray], titles: list[str]) -> None:

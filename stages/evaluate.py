@@ -35,7 +35,7 @@ from schemas.config import EvalConfig
 from schemas.layout import SPLIT_TEST
 from schemas.manifest import Manifest
 from stages.crops import DocumentCrops
-from stages.eval_render import decode_text, is_pixel_data, plot_images, plot_read_loss
+from stages.eval_render import decode_text, is_byte_text, is_pixel_data, plot_images, plot_read_loss
 from stages.plans import plan_evaluate
 from stages.rnn_io import load_rnn, mode_of
 from stages.teacher import load_teacher
@@ -217,6 +217,7 @@ def evaluate_stage(
         "sequences": int(x.shape[0]),
         "samples": samples,
         "device": str(device),
+        "torch_threads": torch.get_num_threads(),
     }
     counts = {"rnns": len(rnns), "sequences": int(x.shape[0]), "positions": cfg.steps}
     publish_manifest(ref, cfg.model_dump(mode="json"), parents, counts=counts, stats=stats)
@@ -260,7 +261,7 @@ def write_samples(
             plot_images(ref.join(f"samples-{_safe(name)}.png"), images, titles)
         for i in range(n):
             p, c = prefix[i].cpu().numpy(), out[i]
-            text = vocab_size <= 256 and not pixels
+            text = is_byte_text(vocab_size) and not pixels
             records.append(
                 {
                     "rnn": name,
@@ -270,11 +271,16 @@ def write_samples(
                 }
             )
     save_json(ref.join("samples.json"), records)
-    if vocab_size <= 256 and not pixels:  # the report shows *.txt files verbatim
+    if not pixels:  # the report shows *.txt files verbatim: text quoted, token ids as lists
         for name in rnns:
-            lines = [f"[{r['index']}] {r['prefix']!r} -> {r['continuation']!r}" for r in records if r["rnn"] == name]
+            mine = [r for r in records if r["rnn"] == name]
+            lines = [f"[{r['index']}] {_shown(r['prefix'])} -> {_shown(r['continuation'])}" for r in mine]
             write_bytes_atomic(ref.join(f"samples-{_safe(name)}.txt"), "\n".join(lines).encode())
-    return "images" if pixels else ("text" if vocab_size <= 256 else "tokens")
+    return "images" if pixels else ("text" if is_byte_text(vocab_size) else "tokens")
+
+
+def _shown(sample: str | list[int]) -> str:
+    return repr(sample) if isinstance(sample, str) else " ".join(str(t) for t in sample)
 
 
 def _safe(name: str) -> str:

@@ -22,12 +22,14 @@ def labels_stage(
     beam: BeamConfig,
     root: str,
     progress: Progress | None = None,
+    worker_threads: int | None = None,
 ) -> ArtifactRef:
     """Materialise (or resume, or reuse) the label store of this teacher on these tokens.
 
-    `progress(done_units, total_units)` is called every couple of seconds while Beam runs.
+    `progress(done_units, total_units)` is called every couple of seconds while Beam runs;
+    `worker_threads`: torch threads per Beam worker (the config's `threads`; None = cores shared out).
     """
-    return materialize_labels(tokens_url, teacher_url, spec, beam, root, progress)
+    return materialize_labels(tokens_url, teacher_url, spec, beam, root, progress, worker_threads)
 
 
 def dry_run(tokens_url: str, model: TeacherModelConfig, spec: LabelSpec, beam: BeamConfig) -> dict[str, Any]:

@@ -72,9 +72,12 @@ def plan_bptt(
     cfg: BPTTConfig,
     root: str,
     smt_seconds: float | None = None,
+    smt_flops: int | None = None,
     **_: Any,
 ) -> ArtifactRef:
     config = {"stage": "bptt", "variant": _json(variant), "train": _json(cfg), "smt_seconds": smt_seconds}
+    if smt_flops is not None:  # absent for the other budgets, whose addresses stay as they were
+        config["smt_flops"] = smt_flops
     parents = {"tokens": parent_hash(tokens_url), "teacher": parent_hash(teacher_url)}
     return plan_artifact(root, "rnn", config, parents)
 

@@ -79,6 +79,7 @@ def publish_rnn(
         "train_seconds": result.seconds,  # wall-clock of the optimiser loop (BPTT's match_smt_seconds)
         "stopped": result.stopped,
         "resumed_from": result.resumed_from,
+        "torch_threads": result.threads,
         **{f"final_{k}": result.last(k) for k in ("loss", "dyn", "readout", "dec", "unif") if _logged(result, k)},
     }
     counts = {

@@ -182,6 +182,7 @@ def _publish(
         "steps": result.step,
         "seconds": result.seconds,
         "stopped": result.stopped,
+        "torch_threads": result.threads,
         **{f"final_{k}": result.last(k) for k in ("loss", "dec", "dec0", "dyn", "unif") if result.metrics},
         **test,
     }

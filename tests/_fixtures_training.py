@@ -43,7 +43,7 @@ TRANSFORMER = RNNConfig(kind="transformer", width=32, depth=1, heads=2, hidden=6
 GRU = RNNConfig(kind="gru", width=16, hidden=32, readout="mlp")
 DISTILL_CFG = DistillConfig(run=run_cfg(24, 32), optim=OptimConfig(lr=3e-3))
 DMT_CFG = DMTConfig(run=run_cfg(4, 4, checkpoint_every=2), rollout_len=8, pull_every=4)
-BPTT_CFG = BPTTConfig(run=run_cfg(8, 8), seq_len=16, optim=OptimConfig(lr=3e-3))
+BPTT_CFG = BPTTConfig(run=run_cfg(8, 8), seq_len=16, optim=OptimConfig(lr=3e-3), budget="steps")
 EVAL_CFG = EvalConfig(prefix_len=4, steps=8, num_sequences=4, num_samples=1, sample_len=8, batch_size=4, device="cpu")
 
 

@@ -1,4 +1,4 @@
-"""Test-wide settings: Prefect keeps its files in a temporary home, progress bars stay quiet."""
+"""Test-wide settings: Prefect keeps its files in a temporary home, progress bars and lines stay quiet."""
 
 import os
 import tempfile
@@ -10,6 +10,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("SMT_PROGRESS", "0")
+os.environ.setdefault("SMT_QUIET", "1")
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from _fixtures_labels import make_teacher, make_tokens
+from _fixtures_labels import TINY_MODEL, make_teacher, make_tokens
 from _fixtures_training import (
     BPTT_CFG,
     DISTILL_CFG,
@@ -28,12 +28,13 @@ from _fixtures_training import (
 from stages.bptt import bptt_stage
 from stages.distill import distill_stage
 from stages.dmt import dmt_stage
-from stages.eval_render import decode_text, is_pixel_data, plot_images
+from stages.eval_render import decode_text, is_byte_text, is_pixel_data, plot_images, read_loss_figure
 from stages.evaluate import evaluate_stage
 from stages.rnn_io import load_rnn
 from stages.teacher import load_reference_updater, load_teacher, teacher_stage
 from store.artifacts import ArtifactError, read_manifest
 from training import loop as loop_mod
+from training.flops import student_training_flops
 from training.prefetch import Prefetcher
 
 
@@ -57,10 +58,13 @@ def rnns(chain: Chain) -> dict[str, str]:
     urls: dict[str, str] = {}
     for variant in (TRANSFORMER, GRU):
         smt = distill_stage(chain.labels.url, chain.teacher.url, variant, DISTILL_CFG, chain.root)
-        seconds = read_manifest(smt.url).stats["train_seconds"]
         dmt = dmt_stage(smt.url, chain.labels.url, chain.teacher.url, DMT_CFG, chain.root)
-        cfg = BPTT_CFG.model_copy(update={"budget": "match_smt_seconds"}) if variant is GRU else BPTT_CFG
-        bptt = bptt_stage(chain.tokens.url, variant, chain.teacher.url, cfg, chain.root, smt_seconds=seconds)
+        if variant is GRU:  # the default budget: as many training FLOPs as the SMT+DMT student
+            flops = student_training_flops(variant, TINY_MODEL, DISTILL_CFG, DMT_CFG)
+            cfg = BPTT_CFG.model_copy(update={"budget": "match_smt_flops"})
+            bptt = bptt_stage(chain.tokens.url, variant, chain.teacher.url, cfg, chain.root, smt_flops=flops)
+        else:
+            bptt = bptt_stage(chain.tokens.url, variant, chain.teacher.url, BPTT_CFG, chain.root)
         urls.update(
             {f"{variant.label}/smt": smt.url, f"{variant.label}/smt+dmt": dmt.url, f"{variant.label}/bptt": bptt.url}
         )
@@ -143,8 +147,11 @@ def test_training_stages_publish_rnn_artifacts(chain: Chain, rnns: dict[str, str
 
     bptt = read_manifest(rnns["gru/bptt"], "rnn")
     assert bptt.parents == {"tokens": chain.tokens.hash, "teacher": teacher_manifest.hash}
-    assert bptt.stats["budget"] == "match_smt_seconds"
-    assert bptt.stats["budget_seconds"] == read_manifest(rnns["gru/smt"]).stats["train_seconds"]
+    assert bptt.stats["budget"] == "match_smt_flops"
+    smt_flops = read_manifest(rnns["gru/smt"]).stats["train_flops"] + dmt.stats["train_flops"]
+    assert bptt.stats["budget_flops"] == smt_flops  # the configured steps ran, so planned == trained
+    # the largest whole number of BPTT steps within the student's FLOPs
+    assert bptt.stats["train_flops"] <= smt_flops < bptt.stats["train_flops"] + bptt.stats["step_flops"]
     fresh_bptt, _ = load_rnn(rnns["transformer/bptt"])
     assert fresh_bptt.readout_head.decoder.head.weight.shape == teacher.decoder.head.weight.shape
 
@@ -187,9 +194,29 @@ def test_evaluation_artifact(chain: Chain, rnns: dict[str, str]) -> None:
     assert len(samples) == len(rnns) and all(len(s["continuation"]) <= EVAL_CFG.sample_len for s in samples)
 
 
+def test_read_loss_plots_show_every_series() -> None:
+    """One scored position (retrieval's answer): a bar per RNN, not lines of one invisible point each;
+    several positions: lines with markers, no two series in one colour."""
+    rows = [
+        {"rnn": f"{v}/{m}", "mode": m, "start": "init", "position": p, "loss_bits": 1.0 + i + p}
+        for i, (v, m) in enumerate((v, m) for v in ("gru", "lstm", "mlp", "transformer") for m in ("smt", "bptt"))
+        for p in (15,)
+    ]
+    import pyarrow as pa
+
+    single = read_loss_figure(pa.Table.from_pylist(rows), "init", {15: 0.5})
+    bars = single.axes[0].patches
+    assert len(bars) == 8 and len({b.get_facecolor() for b in bars}) == 8
+    several = [{**r, "position": p} for r in rows for p in (12, 13, 14)]
+    lines = read_loss_figure(pa.Table.from_pylist(several), "init", None).axes[0].get_lines()
+    assert len(lines) == 8 and len({line.get_color() for line in lines}) == 8
+    assert all(line.get_marker() not in (None, "None", "") for line in lines)
+
+
 def test_pixel_samples_and_text_rendering(tmp_path: Path) -> None:
     assert is_pixel_data(np.full(3, 784), 256) and not is_pixel_data(np.array([784, 10]), 256)
     assert decode_text(np.array([72, 105, -1, 7])) == "Hi?"
+    assert is_byte_text(256) and is_byte_text(128) and not is_byte_text(9)  # synthetic tokens print as ids
     plot_images(str(tmp_path / "s.png"), [np.arange(784) % 256] * 2, ["truth", "rnn"])
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
 

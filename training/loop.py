@@ -32,6 +32,7 @@ from store.artifacts import write_bytes_atomic
 from training import checkpoint as ckpt
 from training import distributed as distributed_mod
 from training.distributed import DistContext, LossModule
+from training.stopping import StopRequested, stop_requested
 
 LossFn = Callable[[Any], dict[str, torch.Tensor]]
 BatchStream = Callable[[int], Iterator[Any]]
@@ -91,16 +92,17 @@ def autocast(device: torch.device, amp: bool) -> AbstractContextManager[Any]:
 
 
 def progress_enabled(ctx: DistContext | None = None) -> bool:
-    """Rich progress only on an interactive terminal, on rank 0, and unless SMT_PROGRESS=0."""
+    """Rich progress bars only on an interactive terminal, on rank 0, and unless SMT_PROGRESS=0."""
     return progress_mode(ctx) == "bar"
 
 
 def progress_mode(ctx: DistContext | None = None) -> str:
-    """'bar' on a terminal, 'lines' (one log line per log_every) elsewhere, 'off' with SMT_PROGRESS=0
-    or on ranks > 0: logs of scheduled runs (Prefect, CI) still show how far training got."""
-    if os.environ.get("SMT_PROGRESS", "1") == "0" or (ctx is not None and not ctx.is_main):
+    """'bar' on a terminal; 'lines' (a line per log_every steps, and a heartbeat when quiet) off a terminal
+    (Prefect, CI) or with SMT_PROGRESS=0, which turns bars off only; 'off' with SMT_QUIET=1 or on ranks > 0."""
+    if os.environ.get("SMT_QUIET", "0") == "1" or (ctx is not None and not ctx.is_main):
         return "off"
-    return "bar" if sys.stderr.isatty() else "lines"
+    bars = os.environ.get("SMT_PROGRESS", "1") != "0" and sys.stderr.isatty()
+    return "bar" if bars else "lines"
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -139,6 +141,7 @@ class LoopResult:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     stopped: str = "steps"  # 'steps' | 'max_seconds'
     resumed_from: int | None = None
+    threads: int = 0  # torch CPU threads it ran with (CPU results depend on them: training/threads.py)
 
     def last(self, key: str, default: float = float("nan")) -> float:
         for row in reversed(self.metrics):
@@ -289,6 +292,8 @@ class TrainLoop:
         try:
             with progress:
                 while self.step < total:
+                    if stop_requested():
+                        raise StopRequested(f"{self.name}: stopped at step {self.step}")
                     if self.max_seconds is not None and self.ctx.any_true(
                         self.elapsed >= self.max_seconds, self.device
                     ):
@@ -311,7 +316,7 @@ class TrainLoop:
                         self.save()
                         _close(stream)
                         stream = self.batches(self.step)  # restart seeded by step: see module doc
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # Ctrl-C in this thread, or a stop requested by a signal (StopRequested)
             self.save()  # keep the work done so far; the stage re-runs and resumes
             raise
         finally:
@@ -319,7 +324,7 @@ class TrainLoop:
         if self._count:
             self._log(window_t, max(window_steps, 1))
         self.save()
-        return LoopResult(self.step, self.elapsed, self.metrics, stopped, resumed)
+        return LoopResult(self.step, self.elapsed, self.metrics, stopped, resumed, torch.get_num_threads())
 
 
 def _close(stream: Iterator[Any]) -> None:
@@ -329,18 +334,33 @@ def _close(stream: Iterator[Any]) -> None:
 
 
 class _Progress:
-    """A rich progress bar ('bar'), a plain line per logging interval ('lines'), or nothing ('off').
+    """A rich progress bar ('bar'), plain lines ('lines'), or nothing ('off').
 
-    Under a wall-clock budget (`seconds`) the bar runs over seconds, not over the step cap, which a
-    seconds-bounded run rarely reaches.
+    Lines: one when the loop starts, one per logging interval, and a heartbeat when nothing was printed
+    for a while (the first after FIRST_HEARTBEAT_S, so a slow start is visible within seconds). Under a
+    wall-clock budget (`seconds`) the bar runs over seconds, not over the step cap, which a
+    seconds-bounded run rarely reaches. Only what is printed depends on the clock, never the metrics.
     """
+
+    FIRST_HEARTBEAT_S = 10.0
+    HEARTBEAT_S = 60.0
 
     def __init__(self, name: str, total: int, start: int, mode: str, seconds: float | None = None) -> None:
         self.enabled, self.lines = mode == "bar", mode == "lines"
         self.name, self.total, self.start, self.seconds = name, total, start, seconds
         self._bar: Any = None
+        self._heartbeat_at = time.monotonic() + self.FIRST_HEARTBEAT_S
+
+    def _print(self, text: str) -> None:
+        print(f"{self.name}: {text}", flush=True)
+        self._heartbeat_at = time.monotonic() + self.HEARTBEAT_S
 
     def __enter__(self) -> _Progress:
+        if self.lines:
+            resumed = f", resuming at step {self.start}" if self.start else ""
+            budget = f" within {self.seconds:.0f} s" if self.seconds else ""
+            self._print(f"starting, {self.total} steps{budget}{resumed}")
+            self._heartbeat_at = time.monotonic() + self.FIRST_HEARTBEAT_S
         if self.enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -365,11 +385,17 @@ class _Progress:
         if self._bar is not None:
             done = min(elapsed, self.seconds) if self.seconds else step
             self._bar.update(self._task, completed=done, step=step)
+        elif self.lines and time.monotonic() >= self._heartbeat_at:
+            count, of = self._where(step, elapsed)
+            self._print(f"{count} ({of})")
 
     def update(self, loss: float, step: int, elapsed: float) -> None:
         if self._bar is not None:
             self._bar.update(self._task, loss=loss)
         elif self.lines:
-            of = f"{elapsed:.0f}/{self.seconds:.0f} s budget" if self.seconds else f"{elapsed:.0f} s"
-            count = f"step {step}" if self.seconds else f"step {step}/{self.total}"
-            print(f"{self.name}: {count} loss {loss:.4f} ({of})", flush=True)
+            count, of = self._where(step, elapsed)
+            self._print(f"{count} loss {loss:.4f} ({of})")
+
+    def _where(self, step: int, elapsed: float) -> tuple[str, str]:
+        of = f"{elapsed:.0f}/{self.seconds:.0f} s budget" if self.seconds else f"{elapsed:.0f} s"
+        return (f"step {step}" if self.seconds else f"step {step}/{self.total}"), of

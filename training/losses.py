@@ -73,5 +73,8 @@ def uniformity_loss(
         return memory.sum() * 0.0
     u = F.normalize(tokens, dim=-1)
     sq_dist = (2.0 - 2.0 * u @ u.T).clamp(min=0.0)
-    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=u.device)
-    return torch.logsumexp(-t * sq_dist[off_diagonal], dim=0) - math.log(n * (n - 1))
+    # the diagonal (i == j) is masked to -inf rather than indexed out: no data-dependent shape, so no
+    # host sync on a GPU, and the step's FLOPs can be counted on the meta device (training/flops.py)
+    diagonal = torch.eye(n, dtype=torch.bool, device=u.device)
+    logits = (-t * sq_dist).masked_fill(diagonal, float("-inf"))
+    return torch.logsumexp(logits.flatten(), dim=0) - math.log(n * (n - 1))

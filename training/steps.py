@@ -119,6 +119,7 @@ def dmt_step_loss(
     cfg: DMTConfig,
     decoder_readout: Teacher | Decoder | None = None,
     generator: torch.Generator | None = None,
+    own: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """DAgger Memory Training: roll the RNN on its own memories, pull them toward the encoder's.
 
@@ -137,11 +138,14 @@ def dmt_step_loss(
       readout: CE of readout(m_s.detach()) vs y[:, s] at every step (never reaches the updater);
       dec:     frozen decoder L_dec from own m_s at pull steps (only with `decoder_readout`);
       unif:    L_unif over own memories at pull steps.
+    own: the rollout's memories (B, Td, Z) when the caller already has them (training/flops.py counts the
+    rollout apart: its Td steps are identical); None rolls out here.
     """
     memories_target = memories_target.detach().float()  # store labels may be float16
     td = min(cfg.rollout_len, memories_target.shape[1] - 1, x.shape[1] - 1)
     pull_steps = list(range(cfg.pull_every, td + 1, cfg.pull_every))
-    own = rollout(rnn, memories_target[:, 0], x[:, 1 : td + 1])  # (B, Td, Z): m_1 .. m_Td
+    if own is None:
+        own = rollout(rnn, memories_target[:, 0], x[:, 1 : td + 1])  # (B, Td, Z): m_1 .. m_Td
     # weight casts cached by autocast under no_grad must not be reused with grad (older torch reused
     # them and silently cut the updater's gradient: pytorch#112583)
     torch.clear_autocast_cache()

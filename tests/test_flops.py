@@ -1,0 +1,75 @@
+"""FLOP budgets: counted from the shapes, exact where sequential parts are multiplied, and what BPTT gets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _fixtures_labels import TINY_MODEL
+from _fixtures_training import BPTT_CFG, DISTILL_CFG, DMT_CFG, GRU, TRANSFORMER
+
+from models.teacher import Decoder
+from schemas.config import PipelineConfig
+from stages.bptt import bptt_budget, budget_inputs
+from training import flops
+from training.steps import bptt_step_loss, dmt_step_loss
+
+VARIANTS = [TRANSFORMER, GRU]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.kind)
+def test_bptt_count_is_the_step_by_step_count(variant) -> None:
+    """T times a one-token step is exactly what counting the whole unrolled step gives."""
+    rnn = flops._rnn(variant, TINY_MODEL)
+    with flops.META:
+        x = torch.zeros(BPTT_CFG.run.batch_size, BPTT_CFG.seq_len, dtype=torch.long)
+    whole = flops.count_flops(lambda: bptt_step_loss(rnn, x, x)["loss"])
+    assert flops.bptt_step_flops(variant, TINY_MODEL, BPTT_CFG) == whole > 0
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.kind)
+def test_dmt_count_is_the_step_by_step_count(variant) -> None:
+    """The rollout counted once and multiplied by Td equals counting the real rollout."""
+    rnn, b, td = flops._rnn(variant, TINY_MODEL), DMT_CFG.run.batch_size, DMT_CFG.rollout_len
+    with flops.META:
+        decoder = Decoder(TINY_MODEL).requires_grad_(False)
+        memories = torch.zeros(b, td + 1, TINY_MODEL.memory_size)
+        x = torch.zeros(b, td + TINY_MODEL.future_len, dtype=torch.long)
+    whole = flops.count_flops(lambda: dmt_step_loss(rnn, memories, x, x, DMT_CFG, decoder)["loss"])
+    assert flops.dmt_step_flops(variant, TINY_MODEL, DMT_CFG) == whole > 0
+
+
+def test_counts_follow_the_shapes() -> None:
+    """Twice the batch is twice the work; a frozen readout (teacher decoder in SMT) is not counted."""
+    def count(cfg):
+        return flops.distill_step_flops(GRU, TINY_MODEL, cfg)
+
+    double = DISTILL_CFG.model_copy(update={"run": DISTILL_CFG.run.model_copy(update={"batch_size": 64})})
+    assert count(double) == 2 * count(DISTILL_CFG)
+    assert count(DISTILL_CFG.model_copy(update={"readout_weight": 0.0})) < count(DISTILL_CFG)
+
+
+def test_flops_budget_gives_bptt_the_students_work() -> None:
+    cfg = PipelineConfig(
+        teacher={"model": TINY_MODEL.model_dump()}, variants=[GRU.model_dump()],
+        distill=DISTILL_CFG.model_dump(), dmt=DMT_CFG.model_dump(),
+        bptt=BPTT_CFG.model_copy(update={"budget": "match_smt_flops"}).model_dump(),
+    )
+    inputs = budget_inputs(cfg, GRU)
+    student = DISTILL_CFG.run.steps * flops.distill_step_flops(GRU, TINY_MODEL, DISTILL_CFG)
+    student += DMT_CFG.run.steps * flops.dmt_step_flops(GRU, TINY_MODEL, DMT_CFG)
+    assert inputs == {"smt_flops": student}
+    steps, seconds = bptt_budget(cfg.bptt, GRU, TINY_MODEL, smt_flops=inputs["smt_flops"])
+    per_step = flops.bptt_step_flops(GRU, TINY_MODEL, cfg.bptt)
+    assert seconds is None and steps == student // per_step and steps * per_step <= student
+    assert budget_inputs(cfg, GRU) == inputs  # a pure function of the config: same figure every time
+
+
+def test_other_budgets() -> None:
+    steps_cfg = BPTT_CFG
+    assert bptt_budget(steps_cfg, GRU, TINY_MODEL) == (BPTT_CFG.run.steps, None)
+    seconds = BPTT_CFG.model_copy(update={"budget": "match_smt_seconds"})
+    assert bptt_budget(seconds, GRU, TINY_MODEL, smt_seconds=12.5) == (BPTT_CFG.run.steps, 12.5)
+    with pytest.raises(ValueError, match="smt_seconds"):
+        bptt_budget(seconds, GRU, TINY_MODEL)
+    with pytest.raises(ValueError, match="smt_flops"):
+        bptt_budget(BPTT_CFG.model_copy(update={"budget": "match_smt_flops"}), GRU, TINY_MODEL)

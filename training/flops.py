@@ -1,0 +1,94 @@
+"""Training compute of one optimiser step, counted from the shapes: the unit baselines are matched in.
+
+A wall-clock budget follows the machine's load (BPTT got 7 to 99 steps for one config), so budgets are
+FLOPs instead. Every count runs the real loss function forward and backward on the meta device under
+`torch.utils.flop_counter.FlopCounterMode`: no data, no weights, no arithmetic, so the figure is a pure
+function of (variant, teacher shape, stage config). It counts torch's own FLOP formulas (matmuls,
+linear layers, attention, convolutions); elementwise ops, norms and the optimiser update are left out,
+the same way for every mode.
+
+Sequential parts are counted once and multiplied (each of their steps has the same shapes, so this is
+exact, and `tests/test_flops.py` checks it): a BPTT step of T tokens costs T times a step of one token,
+and DMT's rollout costs Td no-grad updates. Counting them step by step on the meta device would take
+minutes at the published sizes (Python-level dispatch per op); this way it takes about a second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torch.utils.flop_counter import FlopCounterMode
+
+from models.build import build_rnn
+from models.rnn import RNN
+from models.teacher import Decoder
+from schemas.config import BPTTConfig, DistillConfig, DMTConfig, RNNConfig, TeacherModelConfig
+from training.steps import bptt_step_loss, dmt_step_loss, smt_step_loss
+
+META = torch.device("meta")
+
+
+def count_flops(fn: Callable[[], Tensor], backward: bool = True) -> int:
+    """FLOPs of `fn()` (and of its backward pass if `backward`), as torch's flop counter sees them."""
+    with FlopCounterMode(display=False) as counter:
+        out = fn()
+        if backward:
+            out.backward()
+    return int(counter.get_total_flops())
+
+
+def _rnn(variant: RNNConfig, model: TeacherModelConfig) -> RNN:
+    with META:
+        return build_rnn(variant, model)  # a fresh decoder readout has the trained one's shape
+
+
+def distill_step_flops(variant: RNNConfig, model: TeacherModelConfig, cfg: DistillConfig) -> int:
+    """One SMT step: `batch_size` stored transitions; the readout only when the stage trains it."""
+    rnn, b, z = _rnn(variant, model), cfg.run.batch_size, model.memory_size
+    train_readout = variant.readout != "teacher_decoder" and cfg.readout_weight > 0
+    if not train_readout:
+        rnn.readout_head.requires_grad_(False)
+    with META:
+        m, m_next = torch.zeros(b, z), torch.zeros(b, z)
+        x_next = torch.zeros(b, dtype=torch.long)
+        y_next = torch.zeros(b, dtype=torch.long) if train_readout else None
+    return count_flops(lambda: smt_step_loss(rnn, m, x_next, m_next, y_next, cfg.readout_weight)["loss"])
+
+
+def dmt_step_flops(variant: RNNConfig, model: TeacherModelConfig, cfg: DMTConfig) -> int:
+    """One DMT step: Td gradient-free rollout updates, then the pulled steps' batched recompute and losses."""
+    rnn, b, td, z = _rnn(variant, model), cfg.run.batch_size, cfg.rollout_len, model.memory_size
+    with META:
+        decoder = Decoder(model).requires_grad_(False) if cfg.dec_weight > 0 else None
+        memories = torch.zeros(b, td + 1, z)
+        own = torch.zeros(b, td, z)
+        x = torch.zeros(b, td + model.future_len, dtype=torch.long)
+        token = torch.zeros(b, dtype=torch.long)
+    with torch.no_grad():
+        rollout_step = count_flops(lambda: rnn.update(memories[:, 0], token), backward=False)
+    rest = count_flops(lambda: dmt_step_loss(rnn, memories, x, x, cfg, decoder, own=own)["loss"])
+    return td * rollout_step + rest
+
+
+def bptt_step_flops(variant: RNNConfig, model: TeacherModelConfig, cfg: BPTTConfig) -> int:
+    """One BPTT step: `batch_size` sequences unrolled over `seq_len` tokens, backpropagated through all."""
+    rnn = _rnn(variant, model)
+    with META:
+        x = torch.zeros(cfg.run.batch_size, 1, dtype=torch.long)
+    return cfg.seq_len * count_flops(lambda: bptt_step_loss(rnn, x, x)["loss"])
+
+
+def student_training_flops(
+    variant: RNNConfig, model: TeacherModelConfig, distill: DistillConfig, dmt: DMTConfig
+) -> int:
+    """What an SMT+DMT student of `variant` costs to train: every distill step plus every DMT step.
+
+    The teacher and the label job are not in it: they are shared by every variant trained from one store
+    (the comparison protocol counts them separately). From the configured step counts, so a fixed config
+    always gives the same figure.
+    """
+    return distill.run.steps * distill_step_flops(variant, model, distill) + dmt.run.steps * dmt_step_flops(
+        variant, model, dmt
+    )
