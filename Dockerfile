@@ -11,7 +11,7 @@ ENV PYTHONUNBUFFERED=1 \
     SMT_PROGRESS=1
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY schemas schemas
 COPY models models
 COPY training training
@@ -24,7 +24,7 @@ COPY cli cli
 COPY configs configs
 COPY bench bench
 COPY prefect.yaml ./
-RUN pip install --upgrade pip && pip install .
+RUN pip install --upgrade pip && pip install -c constraints.txt .
 
 # Artifacts (runs/) and Prefect's database live on a volume so they outlive the container.
 RUN mkdir -p /data && cp -r /app/configs /data/configs
