@@ -28,9 +28,9 @@ from stages.dmt import dmt_stage
 from stages.evaluate import evaluate_stage
 from stages.labels import labels_stage
 from stages.report import plan_report, report_stage
-from stages.teacher import teacher_stage
+from stages.teacher import require_useful_teacher, teacher_stage
 from stages.tokens import tokens_stage
-from store.artifacts import ArtifactRef, is_complete, read_manifest
+from store.artifacts import ArtifactRef, is_complete, read_bytes, read_manifest
 from training.stopping import stop_first_on_sigterm
 from training.threads import threads_for, use_threads
 
@@ -60,20 +60,22 @@ class StageTask:
     task: Task
     plan: Callable[..., ArtifactRef]
 
-    def prepared(self, results: Path, **params: Any) -> Task:
-        """The task keyed on the artifact these params will produce, planned once here."""
+    def prepared(self, results: Path, run_name: str | None = None, **params: Any) -> Task:
+        """The task keyed on the artifact these params will produce, planned once here; `run_name` names
+        the task run in the UI (e.g. `distill[gru]`, so the variants can be told apart)."""
         ref = self.plan(**params)
         return self.task.with_options(
             result_storage=results,
             cache_key_fn=lambda _ctx, _params: ref.hash,
             refresh_cache=not is_complete(ref.url),
+            **({"task_run_name": run_name} if run_name else {}),
         )
 
-    def __call__(self, results: Path, **params: Any) -> Any:
-        return self.prepared(results, **params)(**params)
+    def __call__(self, results: Path, run_name: str | None = None, **params: Any) -> Any:
+        return self.prepared(results, run_name, **params)(**params)
 
-    def submit(self, results: Path, **params: Any) -> PrefectFuture:
-        return self.prepared(results, **params).submit(**params)
+    def submit(self, results: Path, run_name: str | None = None, **params: Any) -> PrefectFuture:
+        return self.prepared(results, run_name, **params).submit(**params)
 
 
 def _stage_task(fn: Callable[..., Any], plan: Callable[..., ArtifactRef], name: str) -> StageTask:
@@ -119,18 +121,24 @@ evaluate_task = _stage_task(_as_dict(evaluate_stage), plans.plan_evaluate, "eval
 
 
 def _report(evaluation_url: str, lineage: dict[str, dict[str, str]], name: str) -> str:
-    """Write the run report and publish it, with a lineage table and links, as Prefect artifacts."""
-    report_url, markdown = report_stage(evaluation_url, lineage, name)
-    create_markdown_artifact(markdown=markdown, key="smt-report", description=f"SMT report: {name}")
+    """Write the run report (an artifact like the others); returns the URL of report.md."""
+    report_url, _ = report_stage(evaluation_url, lineage, name)
+    return report_url
+
+
+def publish_prefect_artifacts(report_url: str, lineage: dict[str, dict[str, str]], name: str) -> None:
+    """The report, a lineage table and a link as Prefect artifacts, on every run (a cached one too:
+    they belong to the flow run, not to the task that first wrote the report)."""
+    create_markdown_artifact(markdown=read_bytes(report_url).decode(), key="smt-report",
+                             description=f"SMT report: {name}")
     rows = []
     for role, ref in lineage.items():
         manifest = read_manifest(ref["url"])
         rows.append({"stage": role, "kind": ref["kind"], "hash": ref["hash"][:16], "url": ref["url"],
                      "counts": ", ".join(f"{k}={v}" for k, v in manifest.counts.items())})
     create_table_artifact(table=rows, key="smt-lineage", description="every artifact of this run")
-    if report_url.startswith("/"):
-        create_link_artifact(link=f"file://{report_url}", link_text="report.md", key="smt-report-file")
-    return report_url
+    link = report_url if "://" in report_url else Path(report_url).resolve().as_uri()
+    create_link_artifact(link=link, link_text="report.md", key="smt-report-file")
 
 
 report_task = _stage_task(_report, plan_report, "report")
@@ -149,6 +157,7 @@ def smt_pipeline(config: dict[str, Any] | str) -> str:
 
     tokens = tokens_task(results, cfg=cfg.tokens, root=root, threads=threads("tokens"))
     teacher = teacher_task(results, tokens_url=tokens["url"], cfg=cfg.teacher, root=root, threads=threads("teacher"))
+    require_useful_teacher(teacher["url"], tokens["url"], cfg.teacher_margin_bits)
     labels = labels_task(
         results, tokens_url=tokens["url"], teacher_url=teacher["url"], spec=cfg.labels, beam=cfg.beam, root=root,
         threads=threads("labels"), worker_threads=cfg.threads,
@@ -157,19 +166,20 @@ def smt_pipeline(config: dict[str, Any] | str) -> str:
     distilled: dict[str, PrefectFuture] = {}
     for variant in cfg.variants:
         distilled[variant.label] = distill_task.submit(
-            results, labels_url=labels["url"], teacher_url=teacher["url"], variant=variant, cfg=cfg.distill, root=root,
-            threads=threads("distill"),
+            results, f"distill[{variant.label}]", labels_url=labels["url"], teacher_url=teacher["url"],
+            variant=variant, cfg=cfg.distill, root=root, threads=threads("distill"),
         )
     finals: dict[str, PrefectFuture] = {}
     for variant in cfg.variants:
         smt = distilled[variant.label].result()
         finals[f"{variant.label}/smt+dmt"] = dmt_task.submit(
-            results, rnn_url=smt["url"], labels_url=labels["url"], teacher_url=teacher["url"], cfg=cfg.dmt, root=root,
-            threads=threads("dmt"),
+            results, f"dmt[{variant.label}]", rnn_url=smt["url"], labels_url=labels["url"],
+            teacher_url=teacher["url"], cfg=cfg.dmt, root=root, threads=threads("dmt"),
         )
         finals[f"{variant.label}/bptt"] = bptt_task.submit(
-            results, tokens_url=tokens["url"], variant=variant, teacher_url=teacher["url"], cfg=cfg.bptt, root=root,
-            threads=threads("bptt"), **budget_inputs(cfg, variant, smt["url"]),
+            results, f"bptt[{variant.label}]", tokens_url=tokens["url"], variant=variant,
+            teacher_url=teacher["url"], cfg=cfg.bptt, root=root, threads=threads("bptt"),
+            **budget_inputs(cfg, variant, smt["url"]),
         )
     rnns = {f"{label}/smt": fut.result() for label, fut in distilled.items()}
     rnns.update({key: fut.result() for key, fut in finals.items()})
@@ -180,5 +190,6 @@ def smt_pipeline(config: dict[str, Any] | str) -> str:
     )
     lineage = {"tokens": tokens, "teacher": teacher, "labels": labels, **rnns, "evaluation": evaluation}
     report = report_task(results, evaluation_url=evaluation["url"], lineage=lineage, name=cfg.name)
+    publish_prefect_artifacts(report, lineage, cfg.name)
     print(f"report: {report}")
     return report

@@ -235,6 +235,10 @@ class PipelineConfig(StrictModel):
     )
     tokens: TokensConfig = Field(default_factory=TokensConfig)
     teacher: TeacherTrainConfig = Field(default_factory=TeacherTrainConfig)
+    teacher_margin_bits: float | None = Field(
+        0.05, ge=0, description="stop before the label job unless the teacher's held-out L_dec0 beats the unigram "
+        "entropy of the same targets by this many bits (a teacher at chance makes a worthless store); null = off",
+    )
     labels: LabelSpec = Field(default_factory=LabelSpec)
     beam: BeamConfig = Field(default_factory=BeamConfig)
     variants: list[RNNConfig] = Field(default_factory=lambda: [RNNConfig()], description="RNNs to train")

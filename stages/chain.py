@@ -56,6 +56,9 @@ def run_until(
     teacher = done("teacher", teacher_stage(tokens_url=tokens.url, cfg=cfg.teacher, root=root))
     if "labels" not in wanted:
         return refs
+    from stages.teacher import require_useful_teacher
+
+    require_useful_teacher(teacher.url, tokens.url, cfg.teacher_margin_bits)  # before the expensive label job
     if under_torchrun():
         planned = plan_labels(tokens_url=tokens.url, teacher_url=teacher.url, spec=cfg.labels, root=root)
         _require_built("labels", planned)

@@ -36,6 +36,36 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _ceiling_note(lineage: dict[str, dict[str, str]], ceiling: float) -> str:
+    """What the ceiling means, next to what no-context guessing gets, and who scored below it."""
+    teacher = lineage.get("teacher")
+    stats = read_manifest(teacher["url"]).stats if teacher else {}
+    lines = []
+    if "test_unigram_bits" in stats:
+        lines.append(
+            f"On held-out data the teacher scores {stats['test_dec0_bits']:.4f} bits against "
+            f"{stats['test_unigram_bits']:.4f} for the targets' unigram entropy (guessing from frequencies alone) "
+            f"and {stats['chance_bits']:.4f} for chance."
+        )
+    lines.append(
+        "L_dec0 is the teacher's readout of its own memory of a full context: an RNN that reads the teacher's "
+        "memory space through the teacher's decoder can approach it, not pass it. It is no bound for an RNN "
+        "with a readout of its own, which may find structure the teacher's memory dropped."
+    )
+    return " ".join(lines) + "\n"
+
+
+def _flag_below_ceiling(rows: list[dict[str, Any]], ceiling: float | None) -> list[dict[str, Any]]:
+    """Mark students whose loss is below the teacher's ceiling (see `_ceiling_note`)."""
+    if ceiling is None:
+        return rows
+    flagged = []
+    for row in rows:
+        below = row["rnn"] != "teacher" and row.get("mean_bits") is not None and row["mean_bits"] < ceiling
+        flagged.append({**row, "vs_ceiling": "below" if below else ""})
+    return flagged
+
+
 def _listing(url: str, suffix: str) -> list[str]:
     fs, path = url_to_fs(url)
     return sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if p.endswith(suffix))
@@ -55,8 +85,9 @@ def build_markdown(evaluation_url: str, lineage: dict[str, dict[str, str]], name
     ceiling = evaluation.stats.get("teacher_dec0_bits")
     if ceiling is not None:
         parts.append(f"Teacher ceiling (L_dec0): **{ceiling:.4f} bits/token**\n")
+        parts.append(_ceiling_note(lineage, ceiling))
     parts.append("## SMT, SMT+DMT and BPTT side by side\n")
-    parts.append(_table_markdown(summary_rows(evaluation_url)))
+    parts.append(_table_markdown(_flag_below_ceiling(summary_rows(evaluation_url), ceiling)))
     parts.append("Bits are per scored token; `-` marks a span of positions where the task scores nothing.\n")
     plots = _listing(evaluation_url, ".png")
     if plots:

@@ -32,11 +32,13 @@ from store.artifacts import (
     is_complete,
     open_artifact,
     publish_manifest,
+    read_manifest,
 )
 from store.tokens import TokensArtifact
 from store.weights import load_module, save_module
 from training.checkpoint import remove_checkpoints
 from training.distributed import init_distributed, rank_device, rank_seed
+from training.evaluation import unigram_bits
 from training.loop import LoopResult, TrainLoop, resolve_device, write_metrics
 from training.losses import token_cross_entropy
 from training.prefetch import Prefetcher
@@ -216,4 +218,38 @@ def test_dec0(
         ce, valid = token_cross_entropy(logits, y_t[i : i + 256])
         total, count = total + float(ce.sum()), count + int(valid.sum())
     nats = total / max(count, 1)
-    return {"test_dec0_nats": nats, "test_dec0_bits": nats / math.log(2), "test_dec0_positions": count}
+    return {
+        "test_dec0_nats": nats,
+        "test_dec0_bits": nats / math.log(2),
+        "test_dec0_positions": count,
+        "test_unigram_bits": unigram_bits(y[:, -1]),
+        "chance_bits": math.log2(teacher.cfg.vocab_size),  # type: ignore[attr-defined]
+    }
+
+
+class TeacherQualityError(ArtifactError):
+    """The teacher learned too little for its memories to be worth labelling (see `require_useful_teacher`)."""
+
+
+def require_useful_teacher(teacher_url: str, tokens_url: str, margin_bits: float | None) -> dict[str, float]:
+    """Stop before the label job when the teacher's held-out L_dec0 does not beat the unigram entropy of the
+    same targets by `margin_bits` (None: no gate). Returns {dec0, unigram, chance} in bits ({} without a
+    test split). Teachers published before this gate get the unigram figure recomputed from the tokens."""
+    manifest = read_manifest(teacher_url, "teacher")
+    stats = dict(manifest.stats)
+    if "test_dec0_bits" not in stats:
+        return {}
+    if "test_unigram_bits" not in stats:
+        tokens = TokensArtifact.open(tokens_url)
+        tc = teacher_config(manifest).model.context_len
+        _, y = DocumentCrops(tokens, SPLIT_TEST).scored(np.random.default_rng(0), TEST_POSITIONS, tc - 1, 0)
+        stats["test_unigram_bits"] = unigram_bits(y[:, -1])
+        stats["chance_bits"] = math.log2(teacher_config(manifest).model.vocab_size)
+    quality = {"dec0": stats["test_dec0_bits"], "unigram": stats["test_unigram_bits"], "chance": stats["chance_bits"]}
+    if margin_bits is not None and not quality["dec0"] < quality["unigram"] - margin_bits:
+        raise TeacherQualityError(
+            f"teacher {teacher_url} has not learned the task: held-out L_dec0 {quality['dec0']:.3f} bits against "
+            f"{quality['unigram']:.3f} for the targets' unigram entropy (chance {quality['chance']:.3f}), needed "
+            f"{margin_bits:g} bits better; train it longer or differently, or set teacher_margin_bits: null"
+        )
+    return quality

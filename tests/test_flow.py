@@ -27,6 +27,7 @@ def _small_demo(root: Path, variants: list[dict]) -> dict:
     """The demo config, with fewer steps so the test stays short on 2 cores."""
     cfg = load_config(ROOT / "configs" / "demo.yaml").model_dump(mode="json")
     cfg["root"] = str(root)
+    cfg["teacher_margin_bits"] = None  # a 40-step teacher is at chance: these tests are about the wiring
     cfg["tokens"]["num_docs"] = 256
     cfg["teacher"]["run"].update(steps=40, checkpoint_every=20)
     cfg["labels"].update(num_windows=64, shard_windows=16, batch_size=64)
@@ -38,16 +39,27 @@ def _small_demo(root: Path, variants: list[dict]) -> dict:
     return cfg
 
 
-def _task_states(flow_run_id) -> dict[str, list[str]]:
+def _task_states(flow_run_id) -> tuple[dict[str, list[str]], set[str]]:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterId,
+    )
 
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
+            any_=[flow_run_id])))
+    # the report, lineage and link artifacts belong to every run, a fully cached one too
+    assert {a.key for a in artifacts} >= {"smt-report", "smt-lineage", "smt-report-file"}, artifacts
+    assert all("(file:///" in a.data for a in artifacts if a.key == "smt-report-file")  # an absolute link
     states: dict[str, list[str]] = {}
-    for run in runs:
-        states.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state.name)
-    return states
+    for run in runs:  # variant tasks are named by role and variant, e.g. 'distill[gru]'; others 'teacher-3fa'
+        stage = run.name.split("[")[0] if run.name.endswith("]") else run.name.rsplit("-", 1)[0]
+        states.setdefault(stage, []).append(run.state.name)
+    return states, {run.name for run in runs}
 
 
 def _run(cfg: dict):
@@ -55,7 +67,8 @@ def _run(cfg: dict):
 
     state = smt_pipeline(cfg, return_state=True)
     assert state.is_completed(), state
-    return state.result(), _task_states(state.state_details.flow_run_id)
+    states, names = _task_states(state.state_details.flow_run_id)
+    return state.result(), states, names
 
 
 def test_demo_flow_runs_then_reuses_every_stage(prefect_api, tmp_path):
@@ -63,8 +76,9 @@ def test_demo_flow_runs_then_reuses_every_stage(prefect_api, tmp_path):
     transformer = {"kind": "transformer", "width": 64, "depth": 1, "heads": 4, "readout": "teacher_decoder"}
     cfg = _small_demo(tmp_path / "runs", [transformer, gru])
 
-    report, first = _run(cfg)
+    report, first, names = _run(cfg)
     assert Path(report).exists()
+    assert {f"{role}[{v}]" for role in ("distill", "dmt", "bptt") for v in ("gru", "transformer")} <= names
     assert all(s == ["Completed"] * len(s) for s in first.values()), first
     summary = pq.read_table(Path(report).parent.parent.glob("evaluation-*").__next__() / "summary.parquet")
     losses = [v for col in summary.column_names for v in summary.column(col).to_pylist()
@@ -72,13 +86,13 @@ def test_demo_flow_runs_then_reuses_every_stage(prefect_api, tmp_path):
     assert losses and all(math.isfinite(v) for v in losses), summary.to_pylist()
     assert {r["rnn"] for r in summary.to_pylist()} >= {"transformer/smt", "gru/smt+dmt", "gru/bptt"}
 
-    report_again, second = _run(cfg)
+    report_again, second, _ = _run(cfg)
     assert report_again == report
     assert all(s == ["Cached"] * len(s) for s in second.values()), second
 
     mlp = {"kind": "mlp", "width": 16, "depth": 1, "hidden": 64, "readout": "mlp"}
     cfg["variants"] = [transformer, gru, mlp]
-    _, third = _run(cfg)
+    _, third, _ = _run(cfg)
     for stage in ("tokens", "teacher", "labels (Beam)"):
         assert third[stage] == ["Cached"], third
     for stage in ("distill", "dmt", "bptt"):  # the two old variants are cached, only mlp trains
@@ -90,7 +104,7 @@ def test_demo_flow_runs_then_reuses_every_stage(prefect_api, tmp_path):
 
     bptt_url = next(ref["url"] for ref in _lineage(report) if ref["role"] == "gru/bptt")
     shutil.rmtree(bptt_url)
-    _, fourth = _run(cfg)
+    _, fourth, _ = _run(cfg)
     assert sorted(fourth["bptt"]) == ["Cached", "Cached", "Completed"], fourth
     assert Path(bptt_url, "manifest.json").exists()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +32,16 @@ from stages.dmt import dmt_stage
 from stages.eval_render import decode_text, is_byte_text, is_pixel_data, plot_images, read_loss_figure
 from stages.evaluate import evaluate_stage
 from stages.rnn_io import load_rnn
-from stages.teacher import load_reference_updater, load_teacher, teacher_stage
+from stages.teacher import (
+    TeacherQualityError,
+    load_reference_updater,
+    load_teacher,
+    require_useful_teacher,
+    teacher_stage,
+)
 from store.artifacts import ArtifactError, read_manifest
 from training import loop as loop_mod
+from training.evaluation import unigram_bits
 from training.flops import student_training_flops
 from training.prefetch import Prefetcher
 
@@ -249,3 +257,27 @@ def test_distilled_rnn_starts_from_the_teachers_empty_memory(chain: Chain, rnns:
     empty = torch.full((1, teacher.cfg.context_len), -1, dtype=torch.long)
     with torch.no_grad():
         torch.testing.assert_close(rnn.init_memory(1), teacher.encode(empty), rtol=1e-5, atol=1e-5)
+
+
+def test_teacher_quality_gate_stops_a_teacher_that_learned_nothing(chain: Chain, tmp_path: Path) -> None:
+    """12 steps on text leave the teacher worse than guessing byte frequencies: the gate refuses it before
+    the label job, says by how much, and can be turned off."""
+    stats = read_manifest(chain.teacher.url).stats
+    assert stats["test_dec0_bits"] > stats["test_unigram_bits"] > 0 and stats["chance_bits"] == 8.0
+    with pytest.raises(TeacherQualityError, match="has not learned the task: held-out L_dec0"):
+        require_useful_teacher(chain.teacher.url, chain.tokens.url, 0.05)
+    quality = require_useful_teacher(chain.teacher.url, chain.tokens.url, None)
+    assert quality == {"dec0": stats["test_dec0_bits"], "unigram": stats["test_unigram_bits"], "chance": 8.0}
+
+    # a teacher published before the gate existed has no unigram figure: it is recomputed, the same
+    old = tmp_path / "teacher-old"
+    shutil.copytree(chain.teacher.url, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["stats"]["test_unigram_bits"], manifest["stats"]["chance_bits"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert require_useful_teacher(str(old), chain.tokens.url, None) == quality
+
+
+def test_unigram_bits() -> None:
+    assert unigram_bits(np.array([0, 1, 2, 3, -1, -1])) == pytest.approx(2.0)
+    assert unigram_bits(np.array([5, 5, 5, -1])) == 0.0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -112,3 +113,15 @@ def sample(
         tokens.append(token)
         m = rnn.update(m, token)
     return torch.stack(tokens, 1)
+
+
+def unigram_bits(targets: np.ndarray) -> float:
+    """Entropy in bits of the scored targets' own frequencies (-1 = unscored, ignored): the loss of the best
+    predictor that ignores the context, on these very targets. A teacher whose L_dec0 does not beat it
+    has learned nothing from the context; its memories are not worth materialising."""
+    scored = targets[targets >= 0]
+    if scored.size == 0:
+        return float("nan")
+    p = np.bincount(scored) / scored.size
+    p = p[p > 0]
+    return float(-(p * np.log2(p)).sum())
