@@ -1,0 +1,93 @@
+"""Verify on read: every stored chunk a stage decodes is checked against the checksum its manifest recorded.
+
+Zarr returns the fill value for a chunk that is not there, and decodes a chunk whose bytes changed
+into other numbers without complaint, so a damaged store would otherwise train (or label) quietly on
+zeros or garbage. `open_verified_group` wraps the store so that each chunk's bytes are hashed as they
+arrive (sha256, per chunk, before decoding; hashlib releases the GIL so parallel chunk reads hash in
+parallel) and a missing or unrecorded chunk is an error instead of fill values.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+
+import zarr
+from fsspec.core import url_to_fs
+from zarr.abc.store import ByteRequest, Store
+from zarr.core.buffer import Buffer, BufferPrototype
+from zarr.storage import FsspecStore, LocalStore, WrapperStore
+
+from schemas.manifest import sha256_bytes
+from store.artifacts import ArtifactError
+
+_CHUNK_KEY = re.compile(r"(^|/)c(/\d+)+$")  # Zarr v3 default chunk keys: <array>/c/<i>/<j>...
+_SHARD_OF_KEY = re.compile(r"/c/(\d+)")
+
+
+class IntegrityError(ArtifactError):
+    """Stored bytes that differ from what the artifact's manifest recorded (or are gone)."""
+
+
+def shard_of(key: str) -> str:
+    """'shard 5' for `memory/c/5/0/0`: the first chunk index, which is the work unit of a label store."""
+    match = _SHARD_OF_KEY.search(key)
+    return f"shard {match.group(1)}" if match else "metadata"
+
+
+class VerifyingStore(WrapperStore[Store]):
+    """A read-only Zarr store that checks every chunk it serves against `checksums` (key -> sha256).
+
+    Metadata (`zarr.json`) passes through unchecked: its content is checked by the shapes the reader
+    compares with the manifest. `what` names the artifact in error messages.
+    """
+
+    def __init__(self, store: Store, checksums: Mapping[str, str], what: str) -> None:
+        super().__init__(store)
+        self.checksums, self.what = dict(checksums), what
+
+    def _with_store(self, store: Store) -> VerifyingStore:
+        return type(self)(store, self.checksums, self.what)
+
+    async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
+        if not _CHUNK_KEY.search(key):
+            return await self._store.get(key, prototype, byte_range)
+        expected = self.checksums.get(key)
+        if expected is None:
+            raise IntegrityError(f"{self.what}: {shard_of(key)}: chunk {key} is not recorded in the manifest")
+        data = await self._store.get(key, prototype, None)
+        if data is None:
+            raise IntegrityError(f"{self.what}: {shard_of(key)}: chunk {key} is missing")
+        if sha256_bytes(data.as_numpy_array().tobytes()) != expected:
+            raise IntegrityError(
+                f"{self.what}: {shard_of(key)}: chunk {key} checksum mismatch "
+                "(its bytes changed since it was written): run `smt verify` on it, then rebuild it"
+            )
+        if byte_range is not None:  # plain chunks are read whole; a range is cut after the check
+            return await self._store.get(key, prototype, byte_range)
+        return data
+
+    async def get_partial_values(
+        self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
+    ) -> list[Buffer | None]:
+        return [await self.get(key, prototype, byte_range) for key, byte_range in key_ranges]
+
+
+def base_store(url: str, read_only: bool = True) -> Store:
+    """The Zarr store of a directory URL: LocalStore for local paths, FsspecStore for the rest."""
+    fs, path = url_to_fs(url)
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    if "file" in protocols or "local" in protocols:
+        return LocalStore(path, read_only=read_only)
+    return FsspecStore.from_url(url, read_only=read_only)
+
+
+def relative_checksums(checksums: Mapping[str, str], prefix: str) -> dict[str, str]:
+    """Manifest checksums keyed `data.zarr/memory/c/0/0/0` -> store keys `memory/c/0/0/0`."""
+    head = prefix.rstrip("/") + "/"
+    return {k[len(head):]: v for k, v in checksums.items() if k.startswith(head)}
+
+
+def open_verified_group(url: str, checksums: Mapping[str, str], what: str) -> zarr.Group:
+    """The Zarr group at `url`, read-only, every chunk checked against `checksums` (store keys)."""
+    return zarr.open_group(store=VerifyingStore(base_store(url), checksums, what), mode="r", zarr_format=3)
