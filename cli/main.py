@@ -48,10 +48,15 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except _user_errors() as err:
+        except (*_user_errors(), OSError) as err:  # OSError: permissions, full disk, a file for a directory
             if os.environ.get("SMT_DEBUG"):
                 raise
-            console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+            from store.environment import describe_os_error
+
+            known = isinstance(err, _user_errors()) and not (isinstance(err, OSError) and err.errno)
+            line = str(err) if known else describe_os_error(err)  # type: ignore[arg-type]
+            console.print(f"[red]error:[/red] {line.splitlines()[0] if line else type(err).__name__}",
+                          highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -142,14 +147,24 @@ def store_inspect(url: Annotated[str, typer.Argument(help="label store URL")]) -
 @friendly
 def store_verify(url: Annotated[str, typer.Argument(help="label store URL")]) -> None:
     """Recompute chunk checksums and scan for NaNs; exit 1 when anything is wrong."""
-    from store.labels import LabelStore
+    verify(url)
 
-    problems = LabelStore.open(url).verify()
+
+@app.command()
+@friendly
+def verify(url: Annotated[str, typer.Argument(help="artifact URL (any kind)")]) -> None:
+    """Check an artifact's files against its manifest and the manifest against its own hash; exit 1
+    when anything is wrong."""
+    from store.verify import verify_artifact
+
+    manifest, problems, notes = verify_artifact(url)
+    for note in notes:
+        typer.echo(f"note: {note}")
     for problem in problems:
         typer.echo(f"problem: {problem}")
     if problems:
         raise typer.Exit(1)
-    typer.echo(f"ok: {url}")
+    typer.echo(f"ok: {manifest.kind if manifest else 'artifact'} {url}")
 
 
 @app.command()

@@ -83,9 +83,10 @@ def base_store(url: str, read_only: bool = True) -> Store:
 
 
 def relative_checksums(checksums: Mapping[str, str], prefix: str) -> dict[str, str]:
-    """Manifest checksums keyed `data.zarr/memory/c/0/0/0` -> store keys `memory/c/0/0/0`."""
+    """Manifest checksums of chunks keyed `data.zarr/memory/c/0/0/0` -> store keys `memory/c/0/0/0`
+    (other entries, such as tokens' checksums of decoded values, are not stored objects)."""
     head = prefix.rstrip("/") + "/"
-    return {k[len(head):]: v for k, v in checksums.items() if k.startswith(head)}
+    return {k[len(head):]: v for k, v in checksums.items() if k.startswith(head) and _CHUNK_KEY.search(k)}
 
 
 def open_verified_group(url: str, checksums: Mapping[str, str], what: str) -> zarr.Group:
