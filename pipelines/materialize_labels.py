@@ -24,6 +24,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
@@ -42,14 +43,17 @@ from schemas.manifest import sha256_bytes
 from stages.plans import plan_labels
 from stages.teacher import teacher_config
 from store.artifacts import (
+    MANIFEST,
     ArtifactError,
     ArtifactRef,
     is_complete,
     open_artifact,
     publish_manifest,
     read_bytes,
+    read_manifest,
     write_bytes_atomic,
 )
+from store.environment import environment_error_in
 from store.label_layout import (
     PLAN_FILE,
     TEMPLATE_FILE,
@@ -59,7 +63,10 @@ from store.label_layout import (
     merge_stats,
     open_arrays,
     read_unit_record,
+    remove_unit_record,
 )
+from store.labels import READ_THREADS
+from store.locks import artifact_lock
 from store.tokens import TokensArtifact
 
 log = logging.getLogger("smt.labels")
@@ -112,9 +119,22 @@ def materialize_labels(
     config = spec.model_dump(mode="json")
     parents = {"tokens": tokens_ref.hash, "teacher": teacher_ref.hash}
     ref = plan_labels(tokens_url=tokens_url, teacher_url=teacher_url, spec=spec, root=root)
+    with artifact_lock(ref.url, f"label store {ref.url}"):
+        return _materialize(ref, tokens_url, teacher_url, spec, beam_cfg, model, config, parents, progress)
+
+
+def _materialize(
+    ref: ArtifactRef, tokens_url: str, teacher_url: str, spec: LabelSpec, beam_cfg: BeamConfig,
+    model: TeacherModelConfig, config: dict[str, Any], parents: dict[str, str], progress: Progress | None,
+) -> ArtifactRef:
+    """The label job proper, under the store's lock: verify what exists, encode what is missing."""
     if is_complete(ref.url):
-        log.info("label store %s is complete: nothing to do", ref.url)
-        return ref
+        damage = complete_store_damage(ref.url)
+        if not damage:
+            log.info("label store %s is complete and its checksums match: nothing to do", ref.url)
+            return ref
+        log.warning("label store %s is damaged (%s): repairing it", ref.url, "; ".join(damage[:3]))
+        unpublish(ref.url)  # incomplete while it is repaired: no reader trusts it meanwhile
 
     check_reachable(ref.url, beam_cfg)
     tokens = TokensArtifact.open(tokens_url)
@@ -127,7 +147,7 @@ def materialize_labels(
     prepare_template(ref, geometry, plan, parents)
 
     total = geometry.num_shards
-    finished = finished_units(ref.url)
+    finished = recheck_finished_units(ref.url, finished_units(ref.url))
     pending = [s for s in range(total) if s not in finished]
     log.info(
         "label store %s: %d windows, %d units (%d pending), %s memories",
@@ -142,14 +162,108 @@ def materialize_labels(
         monitor = _ProgressMonitor(ref.url, total, geometry.shard_windows * geometry.steps, progress)
         monitor.start()
         try:
-            with beam.Pipeline(options=pipeline_options(beam_cfg, job_name=f"smt-labels-{ref.hash[:12]}")) as p:
-                units = p | "Units" >> beam.Create(pending)
-                if not is_local_runner(beam_cfg):  # unfuse Create from the DoFn so a cluster spreads units
-                    units = units | "Spread" >> beam.Reshuffle()
-                _ = units | "Encode" >> beam.ParDo(EncodeUnitsFn(job))
+            run_beam(beam_cfg, ref, pending, job)
         finally:
             monitor.stop()
     return finalize(ref, geometry, plan, config, parents)
+
+
+def run_beam(beam_cfg: BeamConfig, ref: ArtifactRef, pending: list[int], job: dict[str, Any]) -> None:
+    """Run the Beam job over `pending` units. A runner that cannot start, and a worker's OSError (disk
+    full, permissions: Beam re-raises it as text inside its own error), become one ArtifactError line;
+    our own errors pass through; anything else is a bug and keeps its traceback."""
+    try:
+        pipeline = beam.Pipeline(options=pipeline_options(beam_cfg, job_name=f"smt-labels-{ref.hash[:12]}"))
+    except Exception as err:  # unknown runner, missing extra, bad flags
+        raise ArtifactError(f"Beam runner {beam_cfg.runner} cannot start: {_first_line(err)}") from err
+    try:
+        with pipeline as p:
+            units = p | "Units" >> beam.Create(pending)
+            if not is_local_runner(beam_cfg):  # unfuse Create from the DoFn so a cluster spreads units
+                units = units | "Spread" >> beam.Reshuffle()
+            _ = units | "Encode" >> beam.ParDo(EncodeUnitsFn(job))
+    except ArtifactError:
+        raise
+    except Exception as err:
+        environment = environment_error_in(err)
+        if not _started(err):  # e.g. PrismRunner offline: its binary cannot be downloaded
+            raise ArtifactError(
+                f"Beam runner {beam_cfg.runner} cannot start: {environment or _first_line(err)}"
+            ) from err
+        if environment is not None:
+            raise ArtifactError(f"label job for {ref.url} failed: {environment}") from err
+        raise
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
+
+
+def _started(err: BaseException) -> bool:
+    """Did the failure come from our DoFn (a worker ran our code) rather than from the runner itself?"""
+    text = str(err)
+    return "EncodeUnitsFn" in text or "'Encode'" in text
+
+
+
+def complete_store_damage(url: str) -> list[str]:
+    """Why a published store cannot be trusted as is (empty: it can): an unreadable manifest, or a
+    unit whose record, chunks or manifest checksums disagree. Damaged units lose their completion
+    record here, so the resume that follows re-encodes them."""
+    try:
+        manifest = read_manifest(url, "labels")
+    except ArtifactError as err:
+        return [str(err)]
+    recorded = finished_units(url)
+    shards = int(manifest.counts.get("shards", 0))
+    damage = [f"shard {s}: completion record missing" for s in range(shards) if s not in recorded]
+    for s in sorted(recorded):
+        record = read_unit_record(url, s)
+        if record is not None and any(manifest.checksums.get(p) != c for p, c in record["checksums"].items()):
+            damage.append(f"shard {s}: completion record disagrees with the manifest")
+            remove_unit_record(url, s)
+    kept = recheck_finished_units(url, recorded)
+    damage += [f"shard {s}: chunks missing or changed" for s in sorted(recorded - kept)]
+    index = manifest.checksums.get(INDEX_FILE)
+    try:
+        if index is not None and sha256_bytes(read_bytes(f"{url}/{INDEX_FILE}")) != index:
+            damage.append(f"{INDEX_FILE} changed")
+    except FileNotFoundError:
+        damage.append(f"{INDEX_FILE} missing")
+    return damage
+
+
+def recheck_finished_units(url: str, finished: set[int]) -> set[int]:
+    """The finished units whose recorded chunks all exist with their recorded sha256; the record of
+    every other one is removed (logged), so the unit is encoded again instead of trusted."""
+    def intact(shard: int) -> tuple[int, str | None]:
+        record = read_unit_record(url, shard)
+        if record is None:
+            return shard, "no record"
+        for path, expected in record.get("checksums", {}).items():
+            try:
+                if sha256_bytes(read_bytes(f"{url}/{path}")) != expected:
+                    return shard, f"{path} changed"
+            except FileNotFoundError:
+                return shard, f"{path} missing"
+        return shard, None
+
+    with ThreadPoolExecutor(READ_THREADS, thread_name_prefix="label-recheck") as pool:
+        results = list(pool.map(intact, sorted(finished)))
+    for shard, problem in results:
+        if problem is not None:
+            log.warning("label store %s: unit %d is damaged (%s): encoding it again", url, shard, problem)
+            remove_unit_record(url, shard)
+    return {shard for shard, problem in results if problem is None}
+
+
+def unpublish(url: str) -> None:
+    """Remove a store's manifest (and index) so it is an unfinished store until `finalize` runs."""
+    fs, path = url_to_fs(url)
+    for name in (MANIFEST, INDEX_FILE):
+        if fs.exists(f"{path}/{name}"):
+            fs.rm(f"{path}/{name}")
 
 
 def check_reachable(url: str, beam_cfg: BeamConfig) -> None:

@@ -33,6 +33,7 @@ from store.artifacts import (
     open_artifact,
     publish_manifest,
 )
+from store.locks import one_writer
 from store.tokens import TokensArtifact
 from store.weights import load_module, save_module
 from training.checkpoint import remove_checkpoints
@@ -92,6 +93,7 @@ def describe(manifest: Manifest) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- training
 
 
+@one_writer(plan_teacher)
 def teacher_stage(tokens_url: str, cfg: TeacherTrainConfig, root: str) -> ArtifactRef:
     """Train (or find) the teacher for `tokens_url` and publish it under `root`.
 

@@ -273,9 +273,19 @@ def finished_units(url: str) -> set[int]:
     return {int(n[len("shard-") : -len(".json")]) for n in names if n.startswith("shard-") and n.endswith(".json")}
 
 
+def remove_unit_record(url: str, shard: int) -> None:
+    """Mark a unit unfinished again (its chunks are damaged): the next run re-encodes it."""
+    fs, path = url_to_fs(unit_record_url(url, shard))
+    if fs.exists(path):
+        fs.rm(path)
+
+
 def read_unit_record(url: str, shard: int) -> dict[str, Any] | None:
     """The completion record of a unit, or None when the unit has not finished."""
     record_url = unit_record_url(url, shard)
     if not exists(record_url):
         return None
-    return json.loads(read_bytes(record_url))
+    try:
+        return json.loads(read_bytes(record_url))
+    except (json.JSONDecodeError, UnicodeDecodeError):  # a damaged record is no proof the unit finished
+        return None

@@ -51,6 +51,7 @@ from store.artifacts import (
     write_bytes_atomic,
 )
 from store.integrity import IntegrityError, open_verified_group, relative_checksums
+from store.locks import one_writer
 
 KIND = "tokens"
 INT16_MAX = np.iinfo(np.int16).max
@@ -98,6 +99,7 @@ def plan_tokens_artifact(cfg: TokensConfig, root: str) -> ArtifactRef:
     return plan_artifact(root, KIND, cfg.model_dump(mode="json"), _parents(cfg))
 
 
+@one_writer(plan_tokens_artifact)
 def build_tokens_artifact(cfg: TokensConfig, root: str) -> ArtifactRef:
     """Read the documents of `cfg` and publish them as a tokens artifact under `root`.
 
@@ -234,7 +236,7 @@ class TokensArtifact:
             group = zarr.open_group(store=ref.join(ZARR_GROUP), mode="r")
         return cls(ref, manifest, index, group)
 
-    def _load(self, name: str) -> np.ndarray:
+    def load_checked(self, name: str) -> np.ndarray:
         """A whole array, checked against the manifest's checksum of its int16 values."""
         values = np.asarray(self._group[name][:])
         key = f"{ZARR_GROUP}/{name} (int16 values)"
@@ -258,14 +260,14 @@ class TokensArtifact:
     def tokens(self) -> np.ndarray:
         """All documents concatenated, (positions,) int16 as stored (a quarter of int64's memory)."""
         if self._tokens is None:
-            self._tokens = self._load(TOKENS_ARRAY)
+            self._tokens = self.load_checked(TOKENS_ARRAY)
         return self._tokens
 
     @property
     def targets(self) -> np.ndarray:
         """Targets aligned with `tokens`, (positions,) int16, -1 where nothing is scored."""
         if self._targets is None:
-            self._targets = self._load(TARGETS_ARRAY)
+            self._targets = self.load_checked(TARGETS_ARRAY)
         return self._targets
 
     def doc_ids(self, split: str | None = None) -> np.ndarray:
