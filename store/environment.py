@@ -4,6 +4,7 @@ described in one line each, so the CLI can print them without a traceback."""
 from __future__ import annotations
 
 import errno
+import os
 import re
 import socket
 
@@ -25,9 +26,12 @@ _ERRNO_TEXT = re.compile(r"(?:OSError|PermissionError|FileNotFoundError|NotADire
 def describe_os_error(err: OSError) -> str:
     """'disk full: [Errno 28] No space left on device: /root/x' (what, then the system's words)."""
     what = "network error" if isinstance(err, socket.gaierror) else _HINTS.get(err.errno or -1, "system error")
+    if err.errno == errno.EEXIST and err.filename and os.path.isfile(str(err.filename)):
+        what = "not a directory (a file is in the way)"
     where = " -> ".join(str(f) for f in (err.filename, err.filename2) if f)
     text = err.strerror or str(err) or type(err).__name__
-    return f"{what}: {text}" + (f": {where}" if where else "")
+    line = text if text.lower() == what else f"{what}: {text}"
+    return line + (f": {where}" if where else "")
 
 
 def environment_error_in(err: BaseException) -> str | None:
