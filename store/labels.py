@@ -97,7 +97,11 @@ class LabelStore:
                 f"(K={counts.get('memory_tokens')} x D={counts.get('memory_dim')}), expected {expect_memory_size}"
             )
         ref = ArtifactRef(url=url.rstrip("/"), hash=manifest.hash, kind=KIND)
-        index = pq.read_table(io.BytesIO(read_bytes(ref.join(INDEX_FILE))))
+        index_bytes = read_bytes(ref.join(INDEX_FILE))
+        expected = manifest.checksums.get(INDEX_FILE)
+        if verify and expected is not None and sha256_bytes(index_bytes) != expected:
+            raise IntegrityError(f"{where}: {INDEX_FILE} checksum mismatch (its bytes changed since it was written)")
+        index = pq.read_table(io.BytesIO(index_bytes))
         if verify:
             group = open_verified_group(
                 ref.join(ZARR_GROUP), relative_checksums(manifest.checksums, ZARR_GROUP), where

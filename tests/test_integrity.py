@@ -458,3 +458,67 @@ def test_three_label_jobs_started_together_build_one_store(label_env, tmp_path):
         urls.add(out.strip().splitlines()[-1])
     assert urls == {str(store_dir(root, label_env))}
     assert LabelStore.open(urls.pop()).verify() == []
+
+
+# ---------------------------------------------------------------- smt verify, any artifact kind
+
+
+def test_verify_fails_an_edited_lineage(label_env, tmp_path):
+    root = copy_artifacts(label_env, tmp_path)
+    store = store_dir(root, label_env)
+    manifest = json.loads((store / "manifest.json").read_text())
+    manifest["parents"]["tokens"] = "f" * 64
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    code, out = run_cli("verify", str(store))
+    assert code == 1 and "the manifest was edited" in out, out
+    code, out = run_cli("store", "verify", str(store))  # the older spelling still works
+    assert code == 1 and "the manifest was edited" in out, out
+
+
+def test_verify_checks_tokens_artifacts(label_env, tmp_path):
+    root = copy_artifacts(label_env, tmp_path)
+    tokens = root / Path(label_env.tokens.url).name
+    assert run_cli("verify", str(tokens)) == (0, f"ok: tokens {tokens}\n")
+    flip_byte(tokens / "data.zarr/targets/c/0")
+    code, out = run_cli("verify", str(tokens))
+    assert code == 1 and "data.zarr/targets/c/0 checksum mismatch" in out, out
+
+
+def test_verify_checks_rnn_artifacts(label_env, tmp_path):
+    from _fixtures_training import DISTILL_CFG, GRU
+
+    from stages.distill import distill_stage
+
+    root = copy_artifacts(label_env, tmp_path)
+    rnn = Path(distill_stage(str(store_dir(root, label_env)), str(root / Path(label_env.teacher.url).name), GRU,
+                             DISTILL_CFG, str(root)).url)
+    assert run_cli("verify", str(rnn)) == (0, f"ok: rnn {rnn}\n")
+    recorded = set(json.loads((rnn / "manifest.json").read_text())["checksums"])
+    assert {"rnn.safetensors", "rnn.json", "metrics.parquet"} <= recorded
+    flip_byte(rnn / "rnn.safetensors")
+    code, out = run_cli("verify", str(rnn))
+    assert code == 1 and "rnn.safetensors checksum mismatch" in out, out
+
+
+def test_publish_drops_stray_temporaries(tmp_path):
+    from store.artifacts import plan_artifact, publish_manifest
+
+    ref = plan_artifact(str(tmp_path), "report", {"name": "x"}, {})
+    Path(ref.url).mkdir()
+    (Path(ref.url) / "report.md").write_text("# x\n")
+    (Path(ref.url) / "metrics.parquet.tmp-0123abcd").write_bytes(b"")  # a write killed half-way
+    manifest = publish_manifest(ref, {"name": "x"}, {})
+    assert sorted(p.name for p in Path(ref.url).iterdir()) == ["manifest.json", "report.md"]
+    assert list(manifest.checksums) == ["report.md"]
+    assert run_cli("verify", ref.url)[0] == 0
+
+
+def test_a_changed_index_is_refused_on_open(label_env, tmp_path):
+    root = copy_artifacts(label_env, tmp_path)
+    store = store_dir(root, label_env)
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(store / "index.parquet")
+    pq.write_table(table.slice(0, 20), store / "index.parquet")  # a valid Parquet file, other rows
+    with pytest.raises(IntegrityError, match="index.parquet checksum mismatch"):
+        LabelStore.open(str(store))
