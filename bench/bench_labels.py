@@ -278,14 +278,15 @@ def _bench_verify_cost(url: str, rounds: int, batch: int) -> dict:
     interleaved (verified, unverified, verified, ...) so drift on a shared machine hits both alike."""
     from store.labels import LabelStore
 
-    stores = {True: LabelStore.open(url, verify=True), False: LabelStore.open(url, verify=False)}
     reads: dict[bool, list[float]] = {True: [], False: []}
     epochs: dict[bool, list[float]] = {True: [], False: []}
     for _ in range(rounds):
         for verify in (True, False):
-            reads[verify].append(_bench_shard_reads(stores[verify], pin=False)[0])
+            store = LabelStore.open(url, verify=verify)  # a fresh reader: every chunk hashed again
+            reads[verify].append(_bench_shard_reads(store, pin=False)[0])
+            store = LabelStore.open(url, verify=verify)
             start, count = time.perf_counter(), 0
-            for b in stores[verify].transitions(batch, seed=0):
+            for b in store.transitions(batch, seed=0):
                 count += len(b.m)
             epochs[verify].append(count / (time.perf_counter() - start))
     med = {k: {v: float(np.median(x[v])) for v in (True, False)} for k, x in (("read", reads), ("epoch", epochs))}

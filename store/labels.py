@@ -38,7 +38,7 @@ from schemas.layout import (
 )
 from schemas.manifest import Manifest, sha256_bytes
 from store.artifacts import ArtifactError, ArtifactRef, read_bytes, read_manifest
-from store.integrity import IntegrityError, open_verified_group, relative_checksums
+from store.integrity import IntegrityError, open_verified_group, relative_checksums, verify_reads
 from store.label_batches import (
     LoadShards,
     Shard,
@@ -73,13 +73,14 @@ class LabelStore:
     @classmethod
     def open(
         cls, url: str, expect_teacher: str | None = None, expect_memory_size: int | None = None,
-        expect_tokens: str | None = None, verify: bool = True,
+        expect_tokens: str | None = None, verify: bool | None = None,
     ) -> LabelStore:
         """Open a finished store; `expect_*` are lineage/shape checks whose failure names the field.
 
-        verify (default): every chunk read is checked against the manifest's sha256 as it is decoded,
-        and a missing chunk is an error (Zarr would serve fill values); the measured cost is in the
-        README. verify=False reads as Zarr does (for `verify`'s own scan and for audits)."""
+        verify (default: on unless SMT_VERIFY_READS=0): every chunk read is checked against the
+        manifest's sha256 as it is decoded, and a missing chunk is an error (Zarr would serve fill
+        values); the measured cost is in the README. verify=False reads as Zarr does."""
+        verify = verify_reads() if verify is None else verify
         manifest = read_manifest(url, KIND)
         where = f"label store {url}"
         for field, expected in (("teacher", expect_teacher), ("tokens", expect_tokens)):

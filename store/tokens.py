@@ -50,7 +50,7 @@ from store.artifacts import (
     read_bytes,
     write_bytes_atomic,
 )
-from store.integrity import IntegrityError, open_verified_group, relative_checksums
+from store.integrity import IntegrityError, open_verified_group, relative_checksums, verify_reads
 from store.locks import one_writer
 
 KIND = "tokens"
@@ -230,7 +230,7 @@ class TokensArtifact:
             raise ArtifactError(f"{ref.join(INDEX_FILE)} does not match its manifest checksum (corrupted?)")
         index = pq.read_table(io.BytesIO(index_bytes))
         chunk_sums = relative_checksums(manifest.checksums, ZARR_GROUP)
-        if chunk_sums:  # every chunk checked as it is decoded (artifacts before 0.3.1: values only)
+        if chunk_sums and verify_reads():  # every chunk checked as it is decoded (older artifacts: values only)
             group = open_verified_group(ref.join(ZARR_GROUP), chunk_sums, f"tokens artifact {ref.url}")
         else:
             group = zarr.open_group(store=ref.join(ZARR_GROUP), mode="r")
