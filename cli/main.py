@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
@@ -48,13 +49,18 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (*_user_errors(), OSError) as err:  # OSError: permissions, full disk, a file for a directory
+        except (*_user_errors(), OSError, ValidationError) as err:  # OSError: permissions, full disk, ...
             if os.environ.get("SMT_DEBUG"):
                 raise
+            from store.artifacts import describe_validation
             from store.environment import describe_os_error
 
-            known = isinstance(err, _user_errors()) and not (isinstance(err, OSError) and err.errno)
-            line = str(err) if known else describe_os_error(err)  # type: ignore[arg-type]
+            if isinstance(err, ValidationError):  # a stored record (manifest, recipe) that no longer validates
+                line = f"invalid {err.title}: {describe_validation(err)}"
+            elif isinstance(err, _user_errors()) and not (isinstance(err, OSError) and err.errno):
+                line = str(err)
+            else:
+                line = describe_os_error(err)  # type: ignore[arg-type]
             console.print(f"[red]error:[/red] {line.splitlines()[0] if line else type(err).__name__}",
                           highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None

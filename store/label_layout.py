@@ -47,7 +47,7 @@ from schemas.layout import (
     label_unit_name,
 )
 from schemas.manifest import sha256_bytes
-from store.artifacts import exists, read_bytes, write_bytes_atomic
+from store.artifacts import ArtifactError, exists, read_bytes, write_bytes_atomic
 
 KIND = "labels"
 PLAN_FILE = "_plan.parquet"
@@ -126,6 +126,9 @@ class LabelGeometry:
     @classmethod
     def from_counts(cls, counts: dict[str, int], dtype: str) -> LabelGeometry:
         names = [f for f in cls.__dataclass_fields__ if f != "dtype"]
+        missing = [k for k in names if k not in counts]
+        if missing:
+            raise ArtifactError(f"label store manifest is malformed: counts lack {', '.join(missing)}")
         return cls(dtype=dtype, **{k: int(counts[k]) for k in names})
 
     def array_specs(self) -> dict[str, tuple[tuple[int, ...], str, tuple[str, ...]]]:

@@ -79,6 +79,11 @@ def artifact_lock(url: str, what: str, wait: float | None = None) -> Iterator[No
     beat.start()
     try:
         yield
+    except OSError as err:
+        if err.filename is not None or err.errno is None:
+            raise
+        # name what was being built when the system did not say which file (e.g. Zarr's chunk writes)
+        raise type(err)(err.errno, err.strerror, url) from err
     finally:
         stop.set()
         beat.join()

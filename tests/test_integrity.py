@@ -184,10 +184,19 @@ def test_distill_on_a_damaged_store_stops_with_one_line(label_env, tmp_path):
 
     from stages.distill import distill_stage
 
+    teacher = str(root / Path(label_env.teacher.url).name)
     with pytest.raises(IntegrityError, match=rf"label store {store}: shard \d: chunk memory/c/\d/0/0 checksum"):
-        distill_stage(str(store), str(root / Path(label_env.teacher.url).name), GRU, DISTILL_CFG, str(root))
+        distill_stage(str(store), teacher, GRU, DISTILL_CFG, str(root))
     assert not list(root.glob("rnn-*/manifest.json"))
     assert cfg
+    # what `smt distill` prints for it: one line, status 2 (the CLI's wrapper around every command)
+    import typer
+
+    from cli.main import friendly
+
+    with pytest.raises(typer.Exit) as exit_:
+        friendly(lambda: distill_stage(str(store), teacher, GRU, DISTILL_CFG, str(root)))()
+    assert exit_.value.exit_code == 2
 
 
 def test_invalid_yaml_names_line_and_column(tmp_path):
@@ -522,3 +531,44 @@ def test_a_changed_index_is_refused_on_open(label_env, tmp_path):
     pq.write_table(table.slice(0, 20), store / "index.parquet")  # a valid Parquet file, other rows
     with pytest.raises(IntegrityError, match="index.parquet checksum mismatch"):
         LabelStore.open(str(store))
+
+
+def test_manifest_with_counts_missing_is_one_line(label_env, tmp_path):
+    root = copy_artifacts(label_env, tmp_path)
+    store = store_dir(root, label_env)
+    manifest = json.loads((store / "manifest.json").read_text())
+    manifest["counts"] = {}
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    code, out = run_cli("store", "inspect", str(store))
+    one_error_line(code, out, "counts lack num_windows")
+
+
+def test_disk_full_on_a_tiny_filesystem_is_one_line(label_env, tmp_path):
+    """A real ENOSPC: a 16 KiB tmpfs as the root (needs root to mount; skipped otherwise)."""
+    import os
+    import subprocess
+
+    full = tmp_path / "full"
+    full.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(full)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        code, out = run_cli("tokens", write_config(label_env, full, tmp_path))
+        one_error_line(code, out, "disk full", str(full))
+    finally:
+        subprocess.run(["umount", str(full)], check=False)
+
+
+def test_the_lock_works_on_an_fsspec_filesystem():
+    from store.locks import LockError, artifact_lock, lock_url
+
+    url = "memory://smt-lock-test/labels-0123456789abcdef"
+    with artifact_lock(url, "label store M"):
+        import fsspec
+
+        assert fsspec.filesystem("memory").exists(lock_url(url))
+        with pytest.raises(LockError, match="another process is building label store M"):
+            with artifact_lock(url, "label store M", wait=0.3):
+                pass
+    assert not fsspec.filesystem("memory").exists(lock_url(url))
