@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -41,7 +42,7 @@ from schemas.config import BeamConfig, LabelSpec, TeacherModelConfig
 from schemas.layout import INDEX_FILE, LABEL_INDEX_SCHEMA
 from schemas.manifest import sha256_bytes
 from stages.plans import plan_labels
-from stages.teacher import teacher_config
+from stages.teacher import TEACHER_FILE, teacher_config
 from store.artifacts import (
     MANIFEST,
     ArtifactError,
@@ -54,6 +55,7 @@ from store.artifacts import (
     write_bytes_atomic,
 )
 from store.environment import environment_error_in
+from store.integrity import check_recorded_file
 from store.label_layout import (
     PLAN_FILE,
     TEMPLATE_FILE,
@@ -138,6 +140,9 @@ def _materialize(
 
     check_reachable(ref.url, beam_cfg)
     tokens = TokensArtifact.open(tokens_url)
+    _ = tokens.tokens, tokens.targets  # checked here, once, before any worker labels them
+    _, teacher_manifest = open_artifact(teacher_url, "teacher")
+    check_recorded_file(teacher_url, teacher_manifest.checksums, TEACHER_FILE, "teacher")
     if tokens.vocab_size > model.vocab_size:
         raise ArtifactError(
             f"tokens vocab_size {tokens.vocab_size} exceeds the teacher's vocab_size {model.vocab_size}"
@@ -185,6 +190,9 @@ def run_beam(beam_cfg: BeamConfig, ref: ArtifactRef, pending: list[int], job: di
     except ArtifactError:
         raise
     except Exception as err:
+        ours = _OUR_ERROR.search(str(err))  # a worker process's ArtifactError, re-raised by Beam as text
+        if ours is not None:
+            raise ArtifactError(ours.group(1).strip()) from err
         environment = environment_error_in(err)
         if not _started(err):  # e.g. PrismRunner offline: its binary cannot be downloaded
             raise ArtifactError(
@@ -193,6 +201,9 @@ def run_beam(beam_cfg: BeamConfig, ref: ArtifactRef, pending: list[int], job: di
         if environment is not None:
             raise ArtifactError(f"label job for {ref.url} failed: {environment}") from err
         raise
+
+
+_OUR_ERROR = re.compile(r"(?:IntegrityError|ArtifactError|ManifestError|LockError|SourceError): ([^\n]+)")
 
 
 def _first_line(err: BaseException) -> str:

@@ -33,6 +33,7 @@ from store.artifacts import (
     open_artifact,
     publish_manifest,
 )
+from store.integrity import check_recorded_file
 from store.locks import one_writer
 from store.tokens import TokensArtifact
 from store.weights import load_module, save_module
@@ -66,6 +67,7 @@ def load_teacher(url: str, device: str | torch.device = "cpu") -> tuple[nn.Modul
     ref, manifest = open_artifact(url, "teacher")
     cfg = teacher_config(manifest)
     teacher = build_teacher(cfg.model)
+    check_recorded_file(ref.url, manifest.checksums, TEACHER_FILE, "teacher")
     load_module(ref.join(TEACHER_FILE), teacher, device)
     teacher.eval()
     return teacher, manifest

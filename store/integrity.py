@@ -105,3 +105,16 @@ def relative_checksums(checksums: Mapping[str, str], prefix: str) -> dict[str, s
 def open_verified_group(url: str, checksums: Mapping[str, str], what: str) -> zarr.Group:
     """The Zarr group at `url`, read-only, every chunk checked against `checksums` (store keys)."""
     return zarr.open_group(store=VerifyingStore(base_store(url), checksums, what), mode="r", zarr_format=3)
+
+
+def check_recorded_file(url: str, checksums: Mapping[str, str], name: str, what: str) -> None:
+    """Refuse a file of an artifact whose bytes differ from the sha256 its manifest recorded (weights:
+    a damaged teacher would otherwise label a store published under the clean address). Files of
+    artifacts published before checksums were recorded pass unchecked."""
+    expected = checksums.get(name)
+    if expected is None or not verify_reads():
+        return
+    from store.artifacts import file_checksum
+
+    if file_checksum(f"{url.rstrip('/')}/{name}") != expected:
+        raise IntegrityError(f"{what} {url}: {name} checksum mismatch (its bytes changed since it was written)")

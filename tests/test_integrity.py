@@ -507,6 +507,10 @@ def test_verify_checks_rnn_artifacts(label_env, tmp_path):
     flip_byte(rnn / "rnn.safetensors")
     code, out = run_cli("verify", str(rnn))
     assert code == 1 and "rnn.safetensors checksum mismatch" in out, out
+    from stages.rnn_io import load_rnn
+
+    with pytest.raises(IntegrityError, match="rnn.safetensors checksum mismatch"):  # DMT / evaluation refuse it
+        load_rnn(str(rnn))
 
 
 def test_publish_drops_stray_temporaries(tmp_path):
@@ -572,3 +576,30 @@ def test_the_lock_works_on_an_fsspec_filesystem():
             with artifact_lock(url, "label store M", wait=0.3):
                 pass
     assert not fsspec.filesystem("memory").exists(lock_url(url))
+
+
+def test_a_damaged_teacher_labels_nothing(label_env, tmp_path):
+    root = copy_artifacts(label_env, tmp_path)
+    shutil.rmtree(store_dir(root, label_env))
+    teacher = root / Path(label_env.teacher.url).name
+    flip_byte(teacher / "teacher.safetensors")
+    with pytest.raises(IntegrityError, match=rf"teacher {teacher}: teacher.safetensors checksum mismatch"):
+        materialize_labels(str(root / Path(label_env.tokens.url).name), str(teacher), TINY_SPEC, IN_MEMORY, str(root))
+    assert not list(root.glob("labels-*/manifest.json"))
+
+
+def test_an_undecodable_chunk_names_its_shard_even_unverified(label_env, tmp_path):
+    root = copy_artifacts(label_env, tmp_path)
+    store = store_dir(root, label_env)
+    chunk = store / "data.zarr/memory/c/4/0/0"
+    chunk.write_bytes(chunk.read_bytes()[:40])  # truncated: Blosc cannot decompress it
+    with pytest.raises(IntegrityError, match=r"shard 4: array 'memory' cannot be decoded"):
+        LabelStore.open(str(store), verify=False).read_shards([4])
+
+
+def test_a_worker_os_error_reported_as_text_is_recognised():
+    from store.environment import environment_error_in
+
+    remote = RuntimeError("Traceback (most recent call last):\n  ...\nOSError: [Errno 28] No space left on device\n")
+    assert environment_error_in(remote) == "disk full: No space left on device"
+    assert environment_error_in(RuntimeError("a bug")) is None
