@@ -45,13 +45,17 @@ def shard_of(key: str) -> str:
 class VerifyingStore(WrapperStore[Store]):
     """A read-only Zarr store that checks every chunk it serves against `checksums` (key -> sha256).
 
-    Metadata (`zarr.json`) passes through unchecked: its content is checked by the shapes the reader
-    compares with the manifest. `what` names the artifact in error messages.
+    Each chunk is hashed the first time this reader serves it; later reads of the same chunk (the
+    next epoch) are checked for presence and size only, so a multi-epoch stage pays the hash once per
+    chunk (a store at rest is what this guards; files are not rewritten under a reader, since
+    builders hold the artifact's lock). Metadata (`zarr.json`) passes through unchecked: the reader
+    compares shapes with the manifest. `what` names the artifact in error messages.
     """
 
     def __init__(self, store: Store, checksums: Mapping[str, str], what: str) -> None:
         super().__init__(store)
         self.checksums, self.what = dict(checksums), what
+        self.verified: dict[str, int] = {}  # key -> size of the bytes that matched, this process
 
     def _with_store(self, store: Store) -> VerifyingStore:
         return type(self)(store, self.checksums, self.what)
@@ -65,6 +69,8 @@ class VerifyingStore(WrapperStore[Store]):
         data = await self._store.get(key, prototype, None)
         if data is None:
             raise IntegrityError(f"{self.what}: {shard_of(key)}: chunk {key} is missing")
+        if self.verified.get(key) == len(data):  # re-read of a chunk this reader already checked
+            return data if byte_range is None else await self._store.get(key, prototype, byte_range)
         # off Zarr's event loop thread, so chunks hash in parallel (hashlib releases the GIL)
         digest = await asyncio.to_thread(_sha256_of, data)
         if digest != expected:
@@ -72,6 +78,7 @@ class VerifyingStore(WrapperStore[Store]):
                 f"{self.what}: {shard_of(key)}: chunk {key} checksum mismatch "
                 "(its bytes changed since it was written): run `smt verify` on it, then rebuild it"
             )
+        self.verified[key] = len(data)
         if byte_range is not None:  # plain chunks are read whole; a range is cut after the check
             return await self._store.get(key, prototype, byte_range)
         return data

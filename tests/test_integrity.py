@@ -603,3 +603,18 @@ def test_a_worker_os_error_reported_as_text_is_recognised():
     remote = RuntimeError("Traceback (most recent call last):\n  ...\nOSError: [Errno 28] No space left on device\n")
     assert environment_error_in(remote) == "disk full: No space left on device"
     assert environment_error_in(RuntimeError("a bug")) is None
+
+
+def test_a_chunk_lost_after_its_first_read_is_still_an_error(label_env, tmp_path):
+    """Re-reads skip the hash of an already checked chunk, never the presence and size checks."""
+    root = copy_artifacts(label_env, tmp_path)
+    store = store_dir(root, label_env)
+    reader = LabelStore.open(str(store))
+    reader.read_shards([1, 2])
+    chunk = store / "data.zarr/memory/c/1/0/0"
+    chunk.write_bytes(chunk.read_bytes()[:-1])
+    with pytest.raises(IntegrityError, match="shard 1: chunk memory/c/1/0/0 checksum mismatch"):
+        reader.read_shards([1])
+    (store / "data.zarr/memory/c/2/0/0").unlink()
+    with pytest.raises(IntegrityError, match="shard 2: chunk memory/c/2/0/0 is missing"):
+        reader.read_shards([2])
