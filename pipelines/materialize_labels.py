@@ -4,10 +4,14 @@
     Beam:     Create(pending shard ids) -> [Reshuffle on clusters] -> ParDo(EncodeUnitsFn)   (one shard = one unit)
     launcher: all completion records present -> index.parquet -> manifest.json (last)
 
-Content-addressed: the store URL is a hash of (tokens hash, teacher hash, LabelSpec), and a complete
-store is returned without work. Resumable: a unit is done when its completion record exists; killed
-runs leave at most unfinished units, whose chunks the re-run rewrites with the same bytes (encoding is
-deterministic per unit on CPU: fixed batch composition and thread count). Command line:
+Content-addressed: the store URL is a hash of (tokens hash, teacher hash, LabelSpec); a complete store
+whose checksums all match is returned without encoding, a damaged one is repaired. One writer: the
+job runs under the store's lock (store/locks.py), so concurrent runs wait, then find it complete.
+Resumable: a unit is done when its completion record exists and its recorded chunks still match their
+checksums (pipelines/label_repair.py); killed runs leave at most unfinished units, whose chunks the
+re-run rewrites with the same bytes (encoding is deterministic per unit on CPU: fixed batch
+composition and thread count). Tokens and teacher weights are checked before any worker starts.
+Command line:
 
     python -m pipelines.materialize_labels --tokens URL --teacher URL --root ROOT \
         [--spec '{"trajectory_len": 64, ...}'] [--beam '{"runner": "DirectRunner", "num_workers": 2}']
@@ -25,7 +29,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
@@ -36,6 +39,7 @@ import pyarrow.parquet as pq
 import torch
 from fsspec.core import url_to_fs
 
+from pipelines.label_repair import complete_store_damage, recheck_finished_units, unpublish
 from pipelines.label_units import plan_windows, resolve_device, run_unit
 from pipelines.options import is_local_runner, pipeline_options
 from schemas.config import BeamConfig, LabelSpec, TeacherModelConfig
@@ -44,14 +48,12 @@ from schemas.manifest import sha256_bytes
 from stages.plans import plan_labels
 from stages.teacher import TEACHER_FILE, teacher_config
 from store.artifacts import (
-    MANIFEST,
     ArtifactError,
     ArtifactRef,
     is_complete,
     open_artifact,
     publish_manifest,
     read_bytes,
-    read_manifest,
     write_bytes_atomic,
 )
 from store.environment import environment_error_in
@@ -65,9 +67,7 @@ from store.label_layout import (
     merge_stats,
     open_arrays,
     read_unit_record,
-    remove_unit_record,
 )
-from store.labels import READ_THREADS
 from store.locks import artifact_lock
 from store.tokens import TokensArtifact
 
@@ -216,65 +216,6 @@ def _started(err: BaseException) -> bool:
     text = str(err)
     return "EncodeUnitsFn" in text or "'Encode'" in text
 
-
-
-def complete_store_damage(url: str) -> list[str]:
-    """Why a published store cannot be trusted as is (empty: it can): an unreadable manifest, or a
-    unit whose record, chunks or manifest checksums disagree. Damaged units lose their completion
-    record here, so the resume that follows re-encodes them."""
-    try:
-        manifest = read_manifest(url, "labels")
-    except ArtifactError as err:
-        return [str(err)]
-    recorded = finished_units(url)
-    shards = int(manifest.counts.get("shards", 0))
-    damage = [f"shard {s}: completion record missing" for s in range(shards) if s not in recorded]
-    for s in sorted(recorded):
-        record = read_unit_record(url, s)
-        if record is not None and any(manifest.checksums.get(p) != c for p, c in record["checksums"].items()):
-            damage.append(f"shard {s}: completion record disagrees with the manifest")
-            remove_unit_record(url, s)
-    kept = recheck_finished_units(url, recorded)
-    damage += [f"shard {s}: chunks missing or changed" for s in sorted(recorded - kept)]
-    index = manifest.checksums.get(INDEX_FILE)
-    try:
-        if index is not None and sha256_bytes(read_bytes(f"{url}/{INDEX_FILE}")) != index:
-            damage.append(f"{INDEX_FILE} changed")
-    except FileNotFoundError:
-        damage.append(f"{INDEX_FILE} missing")
-    return damage
-
-
-def recheck_finished_units(url: str, finished: set[int]) -> set[int]:
-    """The finished units whose recorded chunks all exist with their recorded sha256; the record of
-    every other one is removed (logged), so the unit is encoded again instead of trusted."""
-    def intact(shard: int) -> tuple[int, str | None]:
-        record = read_unit_record(url, shard)
-        if record is None:
-            return shard, "no record"
-        for path, expected in record.get("checksums", {}).items():
-            try:
-                if sha256_bytes(read_bytes(f"{url}/{path}")) != expected:
-                    return shard, f"{path} changed"
-            except FileNotFoundError:
-                return shard, f"{path} missing"
-        return shard, None
-
-    with ThreadPoolExecutor(READ_THREADS, thread_name_prefix="label-recheck") as pool:
-        results = list(pool.map(intact, sorted(finished)))
-    for shard, problem in results:
-        if problem is not None:
-            log.warning("label store %s: unit %d is damaged (%s): encoding it again", url, shard, problem)
-            remove_unit_record(url, shard)
-    return {shard for shard, problem in results if problem is None}
-
-
-def unpublish(url: str) -> None:
-    """Remove a store's manifest (and index) so it is an unfinished store until `finalize` runs."""
-    fs, path = url_to_fs(url)
-    for name in (MANIFEST, INDEX_FILE):
-        if fs.exists(f"{path}/{name}"):
-            fs.rm(f"{path}/{name}")
 
 
 def check_reachable(url: str, beam_cfg: BeamConfig) -> None:
