@@ -22,10 +22,11 @@ from store.labels import READ_THREADS
 log = logging.getLogger("smt.labels")
 
 
-def complete_store_damage(url: str) -> list[str]:
+def complete_store_damage(url: str, fix: bool = False) -> list[str]:
     """Why a published store cannot be trusted as is (empty: it can): an unreadable manifest, or a
-    unit whose record, chunks or manifest checksums disagree. Damaged units lose their completion
-    record here, so the resume that follows re-encodes them."""
+    unit whose record, chunks or manifest checksums disagree. fix=True (under the store's lock):
+    damaged units also lose their completion record, so the resume that follows re-encodes them;
+    fix=False writes nothing (a clean store on a read-only root is still usable)."""
     try:
         manifest = read_manifest(url, "labels")
     except ArtifactError as err:
@@ -37,8 +38,9 @@ def complete_store_damage(url: str) -> list[str]:
         record = read_unit_record(url, s)
         if record is not None and any(manifest.checksums.get(p) != c for p, c in record["checksums"].items()):
             damage.append(f"shard {s}: completion record disagrees with the manifest")
-            remove_unit_record(url, s)
-    kept = recheck_finished_units(url, recorded)
+            if fix:
+                remove_unit_record(url, s)
+    kept = recheck_finished_units(url, recorded, fix)
     damage += [f"shard {s}: chunks missing or changed" for s in sorted(recorded - kept)]
     index = manifest.checksums.get(INDEX_FILE)
     try:
@@ -49,9 +51,9 @@ def complete_store_damage(url: str) -> list[str]:
     return damage
 
 
-def recheck_finished_units(url: str, finished: set[int]) -> set[int]:
-    """The finished units whose recorded chunks all exist with their recorded sha256; the record of
-    every other one is removed (logged), so the unit is encoded again instead of trusted."""
+def recheck_finished_units(url: str, finished: set[int], fix: bool = True) -> set[int]:
+    """The finished units whose recorded chunks all exist with their recorded sha256; with fix, the
+    record of every other one is removed (logged), so the unit is encoded again instead of trusted."""
     def intact(shard: int) -> tuple[int, str | None]:
         record = read_unit_record(url, shard)
         if record is None:
@@ -67,7 +69,7 @@ def recheck_finished_units(url: str, finished: set[int]) -> set[int]:
     with ThreadPoolExecutor(READ_THREADS, thread_name_prefix="label-recheck") as pool:
         results = list(pool.map(intact, sorted(finished)))
     for shard, problem in results:
-        if problem is not None:
+        if problem is not None and fix:
             log.warning("label store %s: unit %d is damaged (%s): encoding it again", url, shard, problem)
             remove_unit_record(url, shard)
     return {shard for shard, problem in results if problem is None}

@@ -121,6 +121,9 @@ def materialize_labels(
     config = spec.model_dump(mode="json")
     parents = {"tokens": tokens_ref.hash, "teacher": teacher_ref.hash}
     ref = plan_labels(tokens_url=tokens_url, teacher_url=teacher_url, spec=spec, root=root)
+    if is_complete(ref.url) and not complete_store_damage(ref.url):  # no lock: works on read-only roots
+        log.info("label store %s is complete and its checksums match: nothing to do", ref.url)
+        return ref
     with artifact_lock(ref.url, f"label store {ref.url}"):
         return _materialize(ref, tokens_url, teacher_url, spec, beam_cfg, model, config, parents, progress)
 
@@ -130,8 +133,8 @@ def _materialize(
     model: TeacherModelConfig, config: dict[str, Any], parents: dict[str, str], progress: Progress | None,
 ) -> ArtifactRef:
     """The label job proper, under the store's lock: verify what exists, encode what is missing."""
-    if is_complete(ref.url):
-        damage = complete_store_damage(ref.url)
+    if is_complete(ref.url):  # again, under the lock: another builder may have finished or repaired it
+        damage = complete_store_damage(ref.url, fix=True)
         if not damage:
             log.info("label store %s is complete and its checksums match: nothing to do", ref.url)
             return ref

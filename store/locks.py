@@ -144,13 +144,16 @@ def _heartbeat(fs: Any, path: str, me: dict[str, Any], stop: threading.Event) ->
             f.write(json.dumps(me).encode())
 
 
-def one_writer(plan: Callable[..., ArtifactRef]) -> Callable[[F], F]:
+def one_writer(
+    plan: Callable[..., ArtifactRef], intact: Callable[[str], bool] | None = None
+) -> Callable[[F], F]:
     """Decorate a stage `fn(**kw) -> ArtifactRef` so it builds under its artifact's lock.
 
     `plan(**kw)` gives the address (the stage's plan function: it takes the stage's own keyword
-    arguments). A complete artifact is returned by the stage without locking; otherwise the stage runs
-    holding the lock, so a second builder waits and then finds the artifact complete. Under torchrun
-    only rank 0 takes it (every rank runs the stage together, and they must not wait for each other).
+    arguments). A complete artifact (and `intact(url)`, when given) is left to the stage without
+    locking, so published artifacts stay usable on read-only roots; otherwise the stage runs holding
+    the lock, so a second builder waits and then finds the artifact complete. Under torchrun only
+    rank 0 takes it (every rank runs the stage together, and they must not wait for each other).
     """
     def decorate(fn: F) -> F:
         signature = inspect.signature(fn)
@@ -158,7 +161,9 @@ def one_writer(plan: Callable[..., ArtifactRef]) -> Callable[[F], F]:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             ref = plan(**signature.bind(*args, **kwargs).arguments)
-            if is_complete(ref.url) or int(os.environ.get("RANK", "0")) != 0:
+            if is_complete(ref.url) and (intact is None or intact(ref.url)):
+                return ref  # what the stage returns for a complete artifact, without re-checking it
+            if int(os.environ.get("RANK", "0")) != 0:
                 return fn(*args, **kwargs)
             with artifact_lock(ref.url, f"{ref.kind} artifact {ref.url}"):
                 return fn(*args, **kwargs)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -54,6 +55,7 @@ from store.integrity import IntegrityError, open_verified_group, relative_checks
 from store.locks import one_writer
 
 KIND = "tokens"
+log = logging.getLogger("smt.tokens")
 INT16_MAX = np.iinfo(np.int16).max
 
 
@@ -99,17 +101,37 @@ def plan_tokens_artifact(cfg: TokensConfig, root: str) -> ArtifactRef:
     return plan_artifact(root, KIND, cfg.model_dump(mode="json"), _parents(cfg))
 
 
-@one_writer(plan_tokens_artifact)
+def tokens_damage(url: str) -> list[str]:
+    """Why a complete tokens artifact cannot be trusted (empty: it can): an unreadable manifest, or a
+    recorded file or chunk missing or changed (one sha256 pass over the stored bytes)."""
+    from store.verify import file_problems
+
+    try:
+        _, manifest = open_artifact(url, KIND)
+    except ArtifactError as err:
+        return [str(err)]
+    return file_problems(url, manifest)
+
+
+def _tokens_intact(url: str) -> bool:
+    return not tokens_damage(url)
+
+
+@one_writer(plan_tokens_artifact, intact=_tokens_intact)
 def build_tokens_artifact(cfg: TokensConfig, root: str) -> ArtifactRef:
     """Read the documents of `cfg` and publish them as a tokens artifact under `root`.
 
     Content-addressed on the config and the input files' identity (`input_fingerprint`): a
-    complete artifact with the same hash is returned as is, without reading anything. A leftover
-    directory without a manifest (an interrupted run) is removed and rebuilt.
+    complete artifact with the same hash whose stored files match their checksums is returned as is
+    (one read of the stored bytes, no input read). A leftover directory without a manifest (an
+    interrupted run), or a damaged one, is removed and rebuilt.
     """
     ref = plan_tokens_artifact(cfg, root)
     if is_complete(ref.url):
-        return ref
+        damage = tokens_damage(ref.url)
+        if not damage:
+            return ref
+        log.warning("tokens artifact %s is damaged (%s): building it again", ref.url, "; ".join(damage[:3]))
     fs, path = url_to_fs(ref.url)
     if fs.exists(path):
         fs.rm(path, recursive=True)

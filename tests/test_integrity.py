@@ -200,3 +200,66 @@ def test_publish_drops_stray_temporaries(tmp_path):
     assert sorted(p.name for p in Path(ref.url).iterdir()) == ["manifest.json", "report.md"]
     assert list(manifest.checksums) == ["report.md"]
     assert run_cli("verify", ref.url)[0] == 0
+
+
+def test_a_damaged_tokens_artifact_is_rebuilt(tmp_path):
+    root = str(tmp_path)
+    tokens = make_tokens(root)
+    chunk = Path(tokens.url) / "data.zarr/tokens/c/0"
+    clean = chunk.read_bytes()
+    flip_byte(chunk)
+    from store.artifacts import read_manifest
+    from store.tokens import build_tokens_artifact
+
+    cfg = read_manifest(tokens.url).config
+    from schemas.config import TokensConfig
+
+    assert build_tokens_artifact(TokensConfig.model_validate(cfg), root) == tokens
+    assert chunk.read_bytes() == clean
+    assert run_cli("verify", tokens.url)[0] == 0
+
+
+@pytest.fixture
+def read_only_copy(label_env, tmp_path):
+    """The session's artifacts on a root nobody may write: a tmpfs remounted read-only (as root, who
+    ignores file modes), else a copy with its write bits removed."""
+    import os
+    import stat
+    import subprocess
+
+    root = tmp_path / "ro"
+    root.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(root)], capture_output=True).returncode == 0
+    if os.geteuid() == 0 and not mounted:
+        pytest.skip("running as root without permission to mount a tmpfs")
+    for ref in (label_env.tokens, label_env.teacher, label_env.store):
+        shutil.copytree(ref.url, root / Path(ref.url).name)
+    if mounted:
+        subprocess.run(["mount", "-o", "remount,ro", str(root)], check=True)
+    else:
+        for p in [root, *root.rglob("*")]:
+            p.chmod(p.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    try:
+        yield root
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(root)], check=False)
+        else:
+            for p in [root, *root.rglob("*")]:
+                p.chmod(p.stat().st_mode | stat.S_IWUSR)
+
+
+def test_a_clean_store_on_a_read_only_root_is_used_without_a_lock(label_env, read_only_copy):
+    """Complete, intact artifacts need no write access: tokens and labels are checked, not locked."""
+    from schemas.config import TokensConfig
+    from store.artifacts import read_manifest
+    from store.tokens import build_tokens_artifact
+
+    root = read_only_copy
+    tokens, teacher = (str(root / Path(r.url).name) for r in (label_env.tokens, label_env.teacher))
+    cfg = TokensConfig.model_validate(read_manifest(tokens).config)
+    assert build_tokens_artifact(cfg, str(root)).url == tokens
+    ref = materialize_labels(tokens, teacher, TINY_SPEC, IN_MEMORY, str(root))
+    assert ref.url == str(store_dir(root, label_env))
+    assert LabelStore.open(ref.url).read_shards([0]).memory.shape[0] == 4
