@@ -1,7 +1,8 @@
 """One writer per artifact: a lock file beside the artifact directory, on any fsspec filesystem.
 
 `{root}/{kind}-{hash16}.lock` is created exclusively (open mode "xb": O_EXCL on local disks, a
-create-if-absent on filesystems that support it); it holds who took it and a heartbeat the holder
+create-if-absent on filesystems that support it, then read back, which catches a lost race where
+"xb" is check-then-write); it holds who took it and a heartbeat the holder
 rewrites every few seconds. Another builder of the same artifact waits (logging "another process is
 building X") until the lock is released, then finds the artifact complete, or refuses at once with
 SMT_LOCK_WAIT=0. A lock whose holder died is taken over: on the same host when its pid is gone,
@@ -58,11 +59,13 @@ def artifact_lock(url: str, what: str, wait: float | None = None) -> Iterator[No
     me = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex, "heartbeat": time.time()}
     deadline = None if wait is None else time.monotonic() + wait
     announced = False
-    while not _create(fs, path, me):
+    while not (_create(fs, path, me) and _holds(fs, path, me)):
         holder = _read(fs, path)
         if holder is None:  # released (or being rewritten) between our create and our read: try again
             time.sleep(POLL_SECONDS / 10)
             continue
+        if holder.get("token") == me["token"]:  # ours after all (a read-back that raced a rewrite)
+            break
         if _abandoned(holder):
             log.warning("%s: taking over the lock of %s, which is gone", what, _who(holder))
             _remove_if_held_by(fs, path, holder)
@@ -98,6 +101,13 @@ def _create(fs: Any, path: str, me: dict[str, Any]) -> bool:
         return True
     except FileExistsError:
         return False
+
+
+def _holds(fs: Any, path: str, me: dict[str, Any]) -> bool:
+    """Read back after creating: on a filesystem whose "xb" is check-then-write rather than atomic,
+    two creators may both succeed, and the one whose token is not there lost."""
+    current = _read(fs, path)
+    return current is not None and current.get("token") == me["token"]
 
 
 def _read(fs: Any, path: str) -> dict[str, Any] | None:
