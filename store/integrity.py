@@ -28,7 +28,8 @@ _SHARD_OF_KEY = re.compile(r"/c/(\d+)")
 
 
 def verify_reads() -> bool:
-    """Verify on read is on unless SMT_VERIFY_READS=0 (for a trusted store where read speed is all)."""
+    """Verify on read is on unless SMT_VERIFY_READS=0 (for trusted storage where read speed is all);
+    off, complete label stores and tokens artifacts are also used as found, without a checksum pass."""
     return os.environ.get("SMT_VERIFY_READS", "1").strip() != "0"
 
 

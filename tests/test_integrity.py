@@ -45,15 +45,6 @@ def test_flipped_byte_stops_the_reader(label_env, tmp_path, array):
     assert any("shard 3" in p and "checksum mismatch" in p for p in reader.verify())
 
 
-def test_unverified_reads_see_fill_values(label_env, tmp_path):
-    """What verify-on-read prevents: Zarr itself serves zeros for a missing chunk."""
-    root = copy_artifacts(label_env, tmp_path)
-    store = store_dir(root, label_env)
-    (store / "data.zarr/memory/c/5/0/0").unlink()
-    shard = LabelStore.open(str(store), verify=False).read_shards([5])
-    assert not np.any(shard.memory)
-
-
 def test_a_chunk_lost_after_its_first_read_is_still_an_error(label_env, tmp_path):
     """Re-reads skip the hash of an already checked chunk, never the presence and size checks."""
     root = copy_artifacts(label_env, tmp_path)
@@ -263,3 +254,15 @@ def test_a_clean_store_on_a_read_only_root_is_used_without_a_lock(label_env, rea
     ref = materialize_labels(tokens, teacher, TINY_SPEC, IN_MEMORY, str(root))
     assert ref.url == str(store_dir(root, label_env))
     assert LabelStore.open(ref.url).read_shards([0]).memory.shape[0] == 4
+
+
+def test_verify_reads_off_is_what_zarr_does(label_env, tmp_path, monkeypatch):
+    """SMT_VERIFY_READS=0: no hashing, and a missing chunk reads as fill values (the opt-out's price)."""
+    root = copy_artifacts(label_env, tmp_path)
+    store = store_dir(root, label_env)
+    (store / "data.zarr/memory/c/5/0/0").unlink()
+    monkeypatch.setenv("SMT_VERIFY_READS", "0")
+    assert not np.any(LabelStore.open(str(store)).read_shards([5]).memory)
+    tokens, teacher = (str(root / Path(r.url).name) for r in (label_env.tokens, label_env.teacher))
+    assert materialize_labels(tokens, teacher, TINY_SPEC, IN_MEMORY, str(root)).url == str(store)  # as found
+    assert not (store / "data.zarr/memory/c/5/0/0").exists()
