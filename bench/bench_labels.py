@@ -72,6 +72,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--skip-pipeline", action="store_true")
     p.add_argument("--reader-windows", type=int, default=0,
                    help="also time LabelStore.transitions/trajectories on a random store of this many windows")
+    p.add_argument("--verify-rounds", type=int, default=0,
+                   help="reader bench: rounds alternating verified and unverified reads (verify-on-read cost)")
     p.add_argument("--reader-batch", type=int, default=128, help="batch size of the reader benchmark")
     p.add_argument("--reader-device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="where LabelStore.transitions(device=...) gathers batches (device_transitions_per_s)")
@@ -239,7 +241,9 @@ def bench_reader(args: argparse.Namespace, cfg: TeacherModelConfig) -> dict:
     start, count = time.perf_counter(), 0
     for traj in store.trajectories(max(1, args.reader_batch // 8), seed=0):
         count += len(traj.memory)
+    verify_cost = _bench_verify_cost(ref.url, args.verify_rounds, args.reader_batch) if args.verify_rounds else {}
     return {
+        **verify_cost,
         "reader_windows": g.num_windows,
         "reader_store_bytes": store.inspect()["size_on_disk_bytes"],
         "reader_write_mb_per_s": round(g.window_bytes() * g.num_windows / write_seconds / 1e6, 1),
@@ -267,6 +271,39 @@ def _bench_shard_reads(store, pin: bool, shards_per_buffer: int = 4) -> tuple[fl
         transitions += len(buffer.valid) * (buffer.steps - 1)
     seconds = time.perf_counter() - start
     return stored_bytes / seconds / 1e6, transitions / seconds
+
+
+def _bench_verify_cost(url: str, rounds: int, batch: int) -> dict:
+    """Throughput with and without verify-on-read (sha256 of every chunk as it is decoded), measured
+    interleaved (verified, unverified, verified, ...) so drift on a shared machine hits both alike."""
+    from store.labels import LabelStore
+
+    def epoch(store: LabelStore) -> float:
+        start, count = time.perf_counter(), 0
+        for b in store.transitions(batch, seed=0):
+            count += len(b.m)
+        return count / (time.perf_counter() - start)
+
+    runs: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for verify in (True, False):
+            tag = "verified" if verify else "unverified"
+            store = LabelStore.open(url, verify=verify)  # a fresh reader: every chunk is hashed (cold)
+            runs.setdefault(f"read_{tag}", []).append(_bench_shard_reads(store, pin=False)[0])
+            runs.setdefault(f"read_{tag}_again", []).append(_bench_shard_reads(store, pin=False)[0])
+            store = LabelStore.open(url, verify=verify)
+            runs.setdefault(f"epoch_{tag}", []).append(epoch(store))
+            runs.setdefault(f"epoch_{tag}_again", []).append(epoch(store))  # 2nd epoch: hashes reused
+    med = {k: float(np.median(v)) for k, v in runs.items()}
+    out: dict = {"verify_rounds": rounds}
+    for what, unit in (("read", "shard_read_mb_per_s"), ("epoch", "transitions_per_s")):
+        for again in ("", "_again"):
+            v, u = med[f"{what}_verified{again}"], med[f"{what}_unverified{again}"]
+            label = "first" if not again else "again"
+            out[f"{unit}_{label}_verified"] = round(v, 1)
+            out[f"{unit}_{label}_unverified"] = round(u, 1)
+            out[f"{unit}_{label}_ratio"] = round(v / u, 3)
+    return out
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
@@ -57,10 +58,20 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         handle_stop_signals()
         try:
             return fn(*args, **kwargs)
-        except _user_errors() as err:
+        except (*_user_errors(), OSError, ValidationError) as err:  # OSError: permissions, full disk, ...
             if os.environ.get("SMT_DEBUG"):
                 raise
-            console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+            from store.artifacts import describe_validation
+            from store.environment import describe_os_error
+
+            if isinstance(err, ValidationError):  # a stored record (manifest, recipe) that no longer validates
+                line = f"invalid {err.title}: {describe_validation(err)}"
+            elif isinstance(err, _user_errors()) and not (isinstance(err, OSError) and err.errno):
+                line = str(err)
+            else:
+                line = describe_os_error(err)  # type: ignore[arg-type]
+            console.print(f"[red]error:[/red] {line.splitlines()[0] if line else type(err).__name__}",
+                          highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print(f"stopped ({_signal_name()}): finished work is kept; run the same command again to resume",
@@ -203,14 +214,24 @@ def store_inspect(url: Annotated[str, typer.Argument(help="label store URL")]) -
 @friendly
 def store_verify(url: Annotated[str, typer.Argument(help="label store URL")]) -> None:
     """Recompute chunk checksums and scan for NaNs; exit 1 when anything is wrong."""
-    from store.labels import LabelStore
+    verify(url)
 
-    problems = LabelStore.open(url).verify()
+
+@app.command()
+@friendly
+def verify(url: Annotated[str, typer.Argument(help="artifact URL (any kind)")]) -> None:
+    """Check an artifact's files against its manifest and the manifest against its own hash; exit 1
+    when anything is wrong."""
+    from store.verify import verify_artifact
+
+    manifest, problems, notes = verify_artifact(url)
+    for note in notes:
+        typer.echo(f"note: {note}")
     for problem in problems:
         typer.echo(f"problem: {problem}")
     if problems:
         raise typer.Exit(1)
-    typer.echo(f"ok: {url}")
+    typer.echo(f"ok: {manifest.kind if manifest else 'artifact'} {url}")
 
 
 @app.command()

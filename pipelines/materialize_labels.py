@@ -4,10 +4,14 @@
     Beam:     Create(pending shard ids) -> [Reshuffle on clusters] -> ParDo(EncodeUnitsFn)   (one shard = one unit)
     launcher: all completion records present -> index.parquet -> manifest.json (last)
 
-Content-addressed: the store URL is a hash of (tokens hash, teacher hash, LabelSpec), and a complete
-store is returned without work. Resumable: a unit is done when its completion record exists; killed
-runs leave at most unfinished units, whose chunks the re-run rewrites with the same bytes (encoding is
-deterministic per unit on CPU: fixed batch composition and thread count). Command line:
+Content-addressed: the store URL is a hash of (tokens hash, teacher hash, LabelSpec); a complete store
+whose checksums all match is returned without encoding, a damaged one is repaired. One writer: the
+job runs under the store's lock (store/locks.py), so concurrent runs wait, then find it complete.
+Resumable: a unit is done when its completion record exists and its recorded chunks still match their
+checksums (pipelines/label_repair.py); killed runs leave at most unfinished units, whose chunks the
+re-run rewrites with the same bytes (encoding is deterministic per unit on CPU: fixed batch
+composition and thread count). Tokens and teacher weights are checked before any worker starts.
+Command line:
 
     python -m pipelines.materialize_labels --tokens URL --teacher URL --root ROOT \
         [--spec '{"trajectory_len": 64, ...}'] [--beam '{"runner": "DirectRunner", "num_workers": 2}']
@@ -20,6 +24,7 @@ import io
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -34,13 +39,14 @@ import pyarrow.parquet as pq
 import torch
 from fsspec.core import url_to_fs
 
+from pipelines.label_repair import complete_store_damage, recheck_finished_units, unpublish
 from pipelines.label_units import plan_windows, resolve_device, run_unit
 from pipelines.options import is_local_runner, pipeline_options
 from schemas.config import BeamConfig, LabelSpec, TeacherModelConfig
 from schemas.layout import INDEX_FILE, LABEL_INDEX_SCHEMA
 from schemas.manifest import sha256_bytes
 from stages.plans import plan_labels
-from stages.teacher import teacher_config
+from stages.teacher import TEACHER_FILE, teacher_config
 from store.artifacts import (
     ArtifactError,
     ArtifactRef,
@@ -50,6 +56,8 @@ from store.artifacts import (
     read_bytes,
     write_bytes_atomic,
 )
+from store.environment import environment_error_in
+from store.integrity import check_recorded_file, verify_reads
 from store.label_layout import (
     PLAN_FILE,
     TEMPLATE_FILE,
@@ -60,6 +68,7 @@ from store.label_layout import (
     open_arrays,
     read_unit_record,
 )
+from store.locks import artifact_lock
 from store.tokens import TokensArtifact
 from training.threads import available_cores
 
@@ -116,12 +125,32 @@ def materialize_labels(
     config = spec.model_dump(mode="json")
     parents = {"tokens": tokens_ref.hash, "teacher": teacher_ref.hash}
     ref = plan_labels(tokens_url=tokens_url, teacher_url=teacher_url, spec=spec, root=root)
-    if is_complete(ref.url):
-        log.info("label store %s is complete: nothing to do", ref.url)
+    trusted = is_complete(ref.url) and (not verify_reads() or not complete_store_damage(ref.url))
+    if trusted:  # no lock: works on read-only roots
+        log.info("label store %s is complete and its checksums match: nothing to do", ref.url)
         return ref
+    with artifact_lock(ref.url, f"label store {ref.url}"):
+        return _materialize(ref, tokens_url, teacher_url, spec, beam_cfg, model, config, parents, progress)
+
+
+def _materialize(
+    ref: ArtifactRef, tokens_url: str, teacher_url: str, spec: LabelSpec, beam_cfg: BeamConfig,
+    model: TeacherModelConfig, config: dict[str, Any], parents: dict[str, str], progress: Progress | None,
+) -> ArtifactRef:
+    """The label job proper, under the store's lock: verify what exists, encode what is missing."""
+    if is_complete(ref.url):  # again, under the lock: another builder may have finished or repaired it
+        damage = complete_store_damage(ref.url, fix=True)
+        if not damage:
+            log.info("label store %s is complete and its checksums match: nothing to do", ref.url)
+            return ref
+        log.warning("label store %s is damaged (%s): repairing it", ref.url, "; ".join(damage[:3]))
+        unpublish(ref.url)  # incomplete while it is repaired: no reader trusts it meanwhile
 
     check_reachable(ref.url, beam_cfg)
     tokens = TokensArtifact.open(tokens_url)
+    _ = tokens.tokens, tokens.targets  # checked here, once, before any worker labels them
+    _, teacher_manifest = open_artifact(teacher_url, "teacher")
+    check_recorded_file(teacher_url, teacher_manifest.checksums, TEACHER_FILE, "teacher")
     if tokens.vocab_size > model.vocab_size:
         raise ArtifactError(
             f"tokens vocab_size {tokens.vocab_size} exceeds the teacher's vocab_size {model.vocab_size}"
@@ -131,7 +160,7 @@ def materialize_labels(
     prepare_template(ref, geometry, plan, parents)
 
     total = geometry.num_shards
-    finished = finished_units(ref.url)
+    finished = recheck_finished_units(ref.url, finished_units(ref.url))
     pending = [s for s in range(total) if s not in finished]
     log.info(
         "label store %s: %d windows, %d units (%d pending), %s memories",
@@ -146,14 +175,55 @@ def materialize_labels(
         monitor = _ProgressMonitor(ref.url, total, geometry.shard_windows * geometry.steps, progress)
         monitor.start()
         try:
-            with beam.Pipeline(options=pipeline_options(beam_cfg, job_name=f"smt-labels-{ref.hash[:12]}")) as p:
-                units = p | "Units" >> beam.Create(pending)
-                if not is_local_runner(beam_cfg):  # unfuse Create from the DoFn so a cluster spreads units
-                    units = units | "Spread" >> beam.Reshuffle()
-                _ = units | "Encode" >> beam.ParDo(EncodeUnitsFn(job))
+            run_beam(beam_cfg, ref, pending, job)
         finally:
             monitor.stop()
     return finalize(ref, geometry, plan, config, parents)
+
+
+def run_beam(beam_cfg: BeamConfig, ref: ArtifactRef, pending: list[int], job: dict[str, Any]) -> None:
+    """Run the Beam job over `pending` units. A runner that cannot start, and a worker's OSError (disk
+    full, permissions: Beam re-raises it as text inside its own error), become one ArtifactError line;
+    our own errors pass through; anything else is a bug and keeps its traceback."""
+    try:
+        pipeline = beam.Pipeline(options=pipeline_options(beam_cfg, job_name=f"smt-labels-{ref.hash[:12]}"))
+    except Exception as err:  # unknown runner, missing extra, bad flags
+        raise ArtifactError(f"Beam runner {beam_cfg.runner} cannot start: {_first_line(err)}") from err
+    try:
+        with pipeline as p:
+            units = p | "Units" >> beam.Create(pending)
+            if not is_local_runner(beam_cfg):  # unfuse Create from the DoFn so a cluster spreads units
+                units = units | "Spread" >> beam.Reshuffle()
+            _ = units | "Encode" >> beam.ParDo(EncodeUnitsFn(job))
+    except ArtifactError:
+        raise
+    except Exception as err:
+        ours = _OUR_ERROR.search(str(err))  # a worker process's ArtifactError, re-raised by Beam as text
+        if ours is not None:
+            raise ArtifactError(ours.group(1).strip()) from err
+        environment = environment_error_in(err)
+        if not _started(err):  # e.g. PrismRunner offline: its binary cannot be downloaded
+            raise ArtifactError(
+                f"Beam runner {beam_cfg.runner} cannot start: {environment or _first_line(err)}"
+            ) from err
+        if environment is not None:
+            raise ArtifactError(f"label job for {ref.url} failed: {environment}") from err
+        raise
+
+
+_OUR_ERROR = re.compile(r"(?:IntegrityError|ArtifactError|ManifestError|LockError|SourceError): ([^\n]+)")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
+
+
+def _started(err: BaseException) -> bool:
+    """Did the failure come from our DoFn (a worker ran our code) rather than from the runner itself?"""
+    text = str(err)
+    return "EncodeUnitsFn" in text or "'Encode'" in text
+
 
 
 def check_reachable(url: str, beam_cfg: BeamConfig) -> None:

@@ -41,10 +41,15 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
 
 
-def artifact_hash(kind: str, config: dict[str, Any], parents: dict[str, str]) -> str:
-    """Content address of an artifact: same inputs + same config + same schema -> same hash."""
-    payload = {"kind": kind, "schema_version": SCHEMA_VERSION, "code": code_version(), "config": config,
-               "parents": parents}
+def artifact_hash(
+    kind: str, config: dict[str, Any], parents: dict[str, str], code: str | None = None,
+    schema_version: int | None = None,
+) -> str:
+    """Content address of an artifact: same inputs + same config + same schema -> same hash.
+
+    code / schema_version default to this code's; `smt verify` passes a manifest's own to recheck it."""
+    payload = {"kind": kind, "schema_version": SCHEMA_VERSION if schema_version is None else schema_version,
+               "code": code_version() if code is None else code, "config": config, "parents": parents}
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 

@@ -58,6 +58,11 @@ def _documents(name: str, array: np.ndarray, vocab_size: int | None) -> Iterator
         raise SourceError(f"{name}: token array has {array.ndim} dimensions, expected 1 or 2")
     if array.size:
         low, high = array.min(), array.max()
+        if int(high) > np.iinfo(np.int64).max:  # uint64 beyond int64 would wrap when cast
+            raise SourceError(
+                f"{name}: token {int(high)} does not fit int64 ({array.dtype} array); tokens must lie in "
+                "[0, vocab_size)"
+            )
         if low < 0:
             raise SourceError(f"{name}: token {int(low)} is negative; tokens must lie in [0, vocab_size)")
         if vocab_size is not None and high >= vocab_size:

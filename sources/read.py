@@ -81,6 +81,8 @@ def read_documents(cfg: TokensConfig) -> DocumentSet:
         result = _collect(docs, cfg, TEXT_VOCAB, stats)
         stats["non_ascii_policy"] = cfg.non_ascii
         stats["non_ascii_bytes"] = ascii_filter.affected_bytes
+        if ascii_filter.transcoded:  # files decoded from UTF-8 with BOM / UTF-16 / UTF-32
+            stats["text_encodings_converted"] = dict(ascii_filter.transcoded)
         return result
     if cfg.source == "mnist_idx":
         docs = _named(cfg.url, image_pixel_sequences(cfg.url, cfg.max_docs))

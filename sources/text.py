@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import fsspec
@@ -39,6 +39,7 @@ class AsciiFilter:
 
     policy: NonAsciiPolicy = "replace"
     affected_bytes: int = 0
+    transcoded: dict[str, int] = field(default_factory=dict)  # encoding -> files converted to UTF-8
 
     def __call__(self, data: bytes) -> np.ndarray:
         """Bytes -> int64 tokens in [0, 128)."""
@@ -56,8 +57,44 @@ class AsciiFilter:
         return arr.astype(np.int64)
 
 
-def _open(url: str, mode: str = "rb") -> fsspec.core.OpenFile:
+_BOMS = (  # longest first: the UTF-32 LE mark starts with the UTF-16 LE one
+    (b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"),
+    (b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"),
+)
+
+
+def sniff_encoding(head: bytes, url: str) -> str:
+    """The text encoding of a file from its first bytes: a byte-order mark names UTF-8/16/32 (decoded,
+    never read as bytes: UTF-16 read as bytes makes every other token a NUL); NUL bytes without a
+    mark mean UTF-16/32 without one, or binary data, which is refused; anything else is UTF-8."""
+    for bom, name in _BOMS:
+        if head.startswith(bom):
+            return name
+    nul = head.count(0)
+    if nul:
+        raise SourceError(
+            f"{url}: {nul} of its first {len(head)} bytes are NUL: UTF-16/32 text without a byte-order mark "
+            "or a binary file; convert it to UTF-8 (e.g. iconv -f UTF-16LE -t UTF-8)"
+        )
+    return "utf-8"
+
+
+def to_utf8(data: bytes, url: str, ascii_filter: AsciiFilter) -> bytes:
+    """A whole file's bytes as UTF-8 (BOM removed), counting the files that were converted."""
+    encoding = sniff_encoding(data[:4096], url)
+    if encoding == "utf-8":
+        return data
+    ascii_filter.transcoded[encoding] = ascii_filter.transcoded.get(encoding, 0) + 1
+    try:
+        return data.decode(encoding).encode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SourceError(f"{url}: starts with a {encoding} byte-order mark but is not {encoding} ({err})") from err
+
+
+def _open(url: str, mode: str = "rb", encoding: str | None = None) -> fsspec.core.OpenFile:
     """Open with compression inferred from the name, so `corpus.txt.gz` reads like `corpus.txt`."""
+    if "t" in mode:
+        return fsspec.open(url, mode, compression="infer", encoding=encoding or "utf-8")
     return fsspec.open(url, mode, compression="infer")
 
 
@@ -74,14 +111,18 @@ def _read_all(url: str) -> bytes:
 def read_text_files(url: str, ascii_filter: AsciiFilter) -> Iterator[Document]:
     """One document per file of `url` (a path, URL or glob; .gz etc. decompressed by name)."""
     for file_url in expand_urls(url):
-        yield file_url, ascii_filter(_read_all(file_url))
+        yield file_url, ascii_filter(to_utf8(_read_all(file_url), file_url, ascii_filter))
 
 
 def read_jsonl(url: str, text_column: str, ascii_filter: AsciiFilter) -> Iterator[Document]:
     """One document per non-blank line of each JSONL file; the text is under key `text_column`."""
     for file_url in expand_urls(url):
         try:
-            with _open(file_url, "rt") as f:
+            with _open(file_url) as f:
+                encoding = sniff_encoding(f.read(4096), file_url)
+            if encoding != "utf-8":
+                ascii_filter.transcoded[encoding] = ascii_filter.transcoded.get(encoding, 0) + 1
+            with _open(file_url, "rt", encoding=encoding) as f:
                 for line_no, line in enumerate(f, start=1):
                     if not line.strip():
                         continue

@@ -22,6 +22,7 @@ from stages.rnn_io import CHECKPOINT_DIR, publish_rnn
 from stages.teacher import load_teacher, teacher_config
 from store.artifacts import ArtifactError, ArtifactRef, is_complete
 from store.labels import LabelStore, Transitions
+from store.locks import one_writer
 from training.distributed import init_distributed, rank_device, rank_seed
 from training.flops import distill_step_flops
 from training.loop import TrainLoop, resolve_device
@@ -51,6 +52,7 @@ def reader_device(device: torch.device) -> torch.device | None:
     return device if device.type == "cuda" else None
 
 
+@one_writer(plan_distill)
 def distill_stage(labels_url: str, teacher_url: str, variant: RNNConfig, cfg: DistillConfig, root: str) -> ArtifactRef:
     """Train (or find) the SMT RNN `variant` on the label store; publishes kind "rnn".
 

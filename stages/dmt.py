@@ -21,6 +21,7 @@ from stages.rnn_io import CHECKPOINT_DIR, load_rnn, publish_rnn
 from stages.teacher import load_teacher, teacher_config
 from store.artifacts import ArtifactError, ArtifactRef, is_complete, require_parent
 from store.labels import Trajectories
+from store.locks import one_writer
 from training.distributed import init_distributed, rank_device, rank_seed
 from training.flops import dmt_step_flops
 from training.loop import TrainLoop, resolve_device
@@ -28,6 +29,7 @@ from training.prefetch import Prefetcher
 from training.steps import dmt_step_loss
 
 
+@one_writer(plan_dmt)
 def dmt_stage(rnn_url: str, labels_url: str, teacher_url: str, cfg: DMTConfig, root: str) -> ArtifactRef:
     """Fine-tune the RNN at `rnn_url` with DMT; publishes a new kind "rnn" artifact.
 

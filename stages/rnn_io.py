@@ -24,6 +24,7 @@ from models.rnn import RNN
 from schemas.config import RNNConfig, TeacherModelConfig
 from schemas.manifest import Manifest
 from store.artifacts import ArtifactError, ArtifactRef, open_artifact, publish_manifest
+from store.integrity import check_recorded_file
 from store.weights import load_json, load_module, save_json, save_module
 from training.checkpoint import remove_checkpoints
 from training.loop import LoopResult, write_metrics
@@ -45,6 +46,7 @@ def load_rnn(url: str, device: str | torch.device = "cpu") -> tuple[RNN, Manifes
     except Exception as err:
         raise ArtifactError(f"{ref.join(RNN_JSON)} cannot rebuild an RNN: {err}") from err
     rnn = build_rnn(variant, model, None)
+    check_recorded_file(ref.url, manifest.checksums, RNN_FILE, "rnn")
     load_module(ref.join(RNN_FILE), rnn, device)
     rnn.eval()
     return rnn, manifest

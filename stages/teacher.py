@@ -34,6 +34,8 @@ from store.artifacts import (
     publish_manifest,
     read_manifest,
 )
+from store.integrity import check_recorded_file
+from store.locks import one_writer
 from store.tokens import TokensArtifact
 from store.weights import load_module, save_module
 from training.checkpoint import remove_checkpoints
@@ -67,6 +69,7 @@ def load_teacher(url: str, device: str | torch.device = "cpu") -> tuple[nn.Modul
     ref, manifest = open_artifact(url, "teacher")
     cfg = teacher_config(manifest)
     teacher = build_teacher(cfg.model)
+    check_recorded_file(ref.url, manifest.checksums, TEACHER_FILE, "teacher")
     load_module(ref.join(TEACHER_FILE), teacher, device)
     teacher.eval()
     return teacher, manifest
@@ -94,6 +97,7 @@ def describe(manifest: Manifest) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- training
 
 
+@one_writer(plan_teacher)
 def teacher_stage(tokens_url: str, cfg: TeacherTrainConfig, root: str) -> ArtifactRef:
     """Train (or find) the teacher for `tokens_url` and publish it under `root`.
 

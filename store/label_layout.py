@@ -47,7 +47,7 @@ from schemas.layout import (
     label_unit_name,
 )
 from schemas.manifest import sha256_bytes
-from store.artifacts import exists, read_bytes, write_bytes_atomic
+from store.artifacts import ArtifactError, exists, read_bytes, write_bytes_atomic
 
 KIND = "labels"
 PLAN_FILE = "_plan.parquet"
@@ -126,6 +126,9 @@ class LabelGeometry:
     @classmethod
     def from_counts(cls, counts: dict[str, int], dtype: str) -> LabelGeometry:
         names = [f for f in cls.__dataclass_fields__ if f != "dtype"]
+        missing = [k for k in names if k not in counts]
+        if missing:
+            raise ArtifactError(f"label store manifest is malformed: counts lack {', '.join(missing)}")
         return cls(dtype=dtype, **{k: int(counts[k]) for k in names})
 
     def array_specs(self) -> dict[str, tuple[tuple[int, ...], str, tuple[str, ...]]]:
@@ -273,9 +276,19 @@ def finished_units(url: str) -> set[int]:
     return {int(n[len("shard-") : -len(".json")]) for n in names if n.startswith("shard-") and n.endswith(".json")}
 
 
+def remove_unit_record(url: str, shard: int) -> None:
+    """Mark a unit unfinished again (its chunks are damaged): the next run re-encodes it."""
+    fs, path = url_to_fs(unit_record_url(url, shard))
+    if fs.exists(path):
+        fs.rm(path)
+
+
 def read_unit_record(url: str, shard: int) -> dict[str, Any] | None:
     """The completion record of a unit, or None when the unit has not finished."""
     record_url = unit_record_url(url, shard)
     if not exists(record_url):
         return None
-    return json.loads(read_bytes(record_url))
+    try:
+        return json.loads(read_bytes(record_url))
+    except (json.JSONDecodeError, UnicodeDecodeError):  # a damaged record is no proof the unit finished
+        return None

@@ -34,9 +34,11 @@ from schemas.layout import (
     LABEL_MEMORY_SCALE_ARRAY,
     LABEL_TARGETS_ARRAY,
     LABEL_TOKENS_ARRAY,
+    ZARR_GROUP,
 )
 from schemas.manifest import Manifest, sha256_bytes
 from store.artifacts import ArtifactError, ArtifactRef, read_bytes, read_manifest
+from store.integrity import IntegrityError, open_verified_group, relative_checksums, verify_reads
 from store.label_batches import (
     LoadShards,
     Shard,
@@ -71,9 +73,14 @@ class LabelStore:
     @classmethod
     def open(
         cls, url: str, expect_teacher: str | None = None, expect_memory_size: int | None = None,
-        expect_tokens: str | None = None,
+        expect_tokens: str | None = None, verify: bool | None = None,
     ) -> LabelStore:
-        """Open a finished store; `expect_*` are lineage/shape checks whose failure names the field."""
+        """Open a finished store; `expect_*` are lineage/shape checks whose failure names the field.
+
+        verify (default: on unless SMT_VERIFY_READS=0): every chunk read is checked against the
+        manifest's sha256 as it is decoded, and a missing chunk is an error (Zarr would serve fill
+        values); the measured cost is in the README. verify=False reads as Zarr does."""
+        verify = verify_reads() if verify is None else verify
         manifest = read_manifest(url, KIND)
         where = f"label store {url}"
         for field, expected in (("teacher", expect_teacher), ("tokens", expect_tokens)):
@@ -91,8 +98,19 @@ class LabelStore:
                 f"(K={counts.get('memory_tokens')} x D={counts.get('memory_dim')}), expected {expect_memory_size}"
             )
         ref = ArtifactRef(url=url.rstrip("/"), hash=manifest.hash, kind=KIND)
-        index = pq.read_table(io.BytesIO(read_bytes(ref.join(INDEX_FILE))))
-        store = cls(ref, manifest, open_arrays(ref.url, mode="r"), index)
+        index_bytes = read_bytes(ref.join(INDEX_FILE))
+        expected = manifest.checksums.get(INDEX_FILE)
+        if verify and expected is not None and sha256_bytes(index_bytes) != expected:
+            raise IntegrityError(f"{where}: {INDEX_FILE} checksum mismatch (its bytes changed since it was written)")
+        index = pq.read_table(io.BytesIO(index_bytes))
+        if verify:
+            group = open_verified_group(
+                ref.join(ZARR_GROUP), relative_checksums(manifest.checksums, ZARR_GROUP), where
+            )
+            arrays = {name: arr for name, arr in sorted(group.arrays())}
+        else:
+            arrays = open_arrays(ref.url, mode="r")
+        store = cls(ref, manifest, arrays, index)  # type: ignore[arg-type]
         for name, (shape, _, _) in store.geometry.array_specs().items():
             if name not in store.arrays or store.arrays[name].shape != shape:
                 found = store.arrays[name].shape if name in store.arrays else "missing"
@@ -182,7 +200,16 @@ class LabelStore:
         def read(job: tuple[str, int, int, int]) -> None:
             k, a, b, pos = job
             out = NDBuffer.from_numpy_array(storage[k][pos : pos + b - a])
-            self.arrays[k].get_basic_selection(slice(a, b), out=out)
+            try:
+                self.arrays[k].get_basic_selection(slice(a, b), out=out)
+            except ArtifactError:
+                raise
+            except Exception as err:  # a chunk that does not decompress (unverified reads only)
+                shard = a // self.geometry.shard_windows
+                raise IntegrityError(
+                    f"label store {self.url}: shard {shard}: array '{k}' cannot be decoded "
+                    f"({type(err).__name__}: {err})"
+                ) from err
 
         # chunks decode in parallel (Blosc releases the GIL): 2 threads read ~1.7x faster on the 2-core dev VM
         with ThreadPoolExecutor(min(len(jobs), READ_THREADS) or 1, thread_name_prefix="label-read") as pool:
@@ -285,9 +312,10 @@ class LabelStore:
             if actual != expected:
                 problems.append(f"{where}{path} checksum mismatch (stored bytes changed since it was written)")
         problems += self._check_index()
-        if scan:
+        if scan:  # values as Zarr decodes them, checksums aside: say what a damaged shard holds too
+            raw = open_arrays(self.url, mode="r")
             for s in range(self.num_shards):
-                problems += self._scan_shard(s)
+                problems += self._scan_shard(raw, s)
         return problems
 
     def _check_index(self) -> list[str]:
@@ -301,12 +329,14 @@ class LabelStore:
             return [f"{INDEX_FILE}: shard column does not match window // shard_windows"]
         return []
 
-    def _scan_shard(self, s: int) -> list[str]:
+    def _scan_shard(self, arrays: dict[str, zarr.Array], s: int) -> list[str]:
         w0, w1 = self.geometry.shard_range(s)
         try:
-            memory = self.memory(w0, w1)
-            dec_loss = self.arrays[LABEL_DEC_LOSS_ARRAY][w0:w1]
-            targets = self.arrays[LABEL_TARGETS_ARRAY][w0:w1]
+            memory = np.asarray(arrays[LABEL_MEMORY_ARRAY][w0:w1], dtype=np.float32)
+            if self.geometry.dtype == "int8":
+                memory = dequantize_int8(arrays[LABEL_MEMORY_ARRAY][w0:w1], arrays[LABEL_MEMORY_SCALE_ARRAY][w0:w1])
+            dec_loss = arrays[LABEL_DEC_LOSS_ARRAY][w0:w1]
+            targets = arrays[LABEL_TARGETS_ARRAY][w0:w1]
         except Exception as err:  # a corrupted chunk usually fails to decompress
             return [f"shard {s}: cannot be decoded: {type(err).__name__}: {err}"]
         problems = []

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -50,8 +51,11 @@ from store.artifacts import (
     read_bytes,
     write_bytes_atomic,
 )
+from store.integrity import IntegrityError, open_verified_group, relative_checksums, verify_reads
+from store.locks import one_writer
 
 KIND = "tokens"
+log = logging.getLogger("smt.tokens")
 INT16_MAX = np.iinfo(np.int16).max
 
 
@@ -97,16 +101,37 @@ def plan_tokens_artifact(cfg: TokensConfig, root: str) -> ArtifactRef:
     return plan_artifact(root, KIND, cfg.model_dump(mode="json"), _parents(cfg))
 
 
+def tokens_damage(url: str) -> list[str]:
+    """Why a complete tokens artifact cannot be trusted (empty: it can): an unreadable manifest, or a
+    recorded file or chunk missing or changed (one sha256 pass over the stored bytes)."""
+    from store.verify import file_problems
+
+    try:
+        _, manifest = open_artifact(url, KIND)
+    except ArtifactError as err:
+        return [str(err)]
+    return file_problems(url, manifest)
+
+
+def _tokens_intact(url: str) -> bool:
+    return not verify_reads() or not tokens_damage(url)  # SMT_VERIFY_READS=0 trusts what it finds
+
+
+@one_writer(plan_tokens_artifact, intact=_tokens_intact)
 def build_tokens_artifact(cfg: TokensConfig, root: str) -> ArtifactRef:
     """Read the documents of `cfg` and publish them as a tokens artifact under `root`.
 
     Content-addressed on the config and the input files' identity (`input_fingerprint`): a
-    complete artifact with the same hash is returned as is, without reading anything. A leftover
-    directory without a manifest (an interrupted run) is removed and rebuilt.
+    complete artifact with the same hash whose stored files match their checksums is returned as is
+    (one read of the stored bytes, no input read). A leftover directory without a manifest (an
+    interrupted run), or a damaged one, is removed and rebuilt.
     """
     ref = plan_tokens_artifact(cfg, root)
     if is_complete(ref.url):
-        return ref
+        damage = tokens_damage(ref.url)
+        if not damage:
+            return ref
+        log.warning("tokens artifact %s is damaged (%s): building it again", ref.url, "; ".join(damage[:3]))
     fs, path = url_to_fs(ref.url)
     if fs.exists(path):
         fs.rm(path, recursive=True)
@@ -124,7 +149,7 @@ def build_tokens_artifact(cfg: TokensConfig, root: str) -> ArtifactRef:
     tokens = np.concatenate(docs.tokens, dtype=np.int16, casting="unsafe")
     targets = np.concatenate(ys, dtype=np.int16, casting="unsafe")
 
-    _write_group(ref.join(ZARR_GROUP), tokens, targets, docs.vocab_size)
+    chunk_sums = _write_group(ref.join(ZARR_GROUP), tokens, targets, docs.vocab_size)
     index = pa.table(
         {
             "doc_id": np.arange(len(docs), dtype=np.int64),
@@ -154,6 +179,7 @@ def build_tokens_artifact(cfg: TokensConfig, root: str) -> ArtifactRef:
         INDEX_FILE: sha256_bytes(index_bytes),
         f"{ZARR_GROUP}/{TOKENS_ARRAY} (int16 values)": sha256_bytes(tokens.astype("<i2").tobytes()),
         f"{ZARR_GROUP}/{TARGETS_ARRAY} (int16 values)": sha256_bytes(targets.astype("<i2").tobytes()),
+        **{f"{ZARR_GROUP}/{key}": digest for key, digest in chunk_sums.items()},  # checked on every read
     }
     config = cfg.model_dump(mode="json")
     publish_manifest(ref, config, _parents(cfg), counts=counts, checksums=checksums, stats=stats)
@@ -177,15 +203,25 @@ def _check_int16(docs: DocumentSet) -> None:
             )
 
 
-def _write_group(url: str, tokens: np.ndarray, targets: np.ndarray, vocab_size: int) -> None:
+def _write_group(url: str, tokens: np.ndarray, targets: np.ndarray, vocab_size: int) -> dict[str, str]:
+    """Write both arrays; returns sha256 of every stored chunk by store key (`tokens/c/0` ...).
+
+    write_empty_chunks: an all-zero chunk is stored too, so every chunk has a checksum and a missing
+    one is always damage, never "fill value"."""
     group = zarr.open_group(store=url, mode="w")
     group.attrs.update({"kind": KIND, "vocab_size": int(vocab_size)})
     chunk = min(TOKENS_CHUNK, len(tokens))
+    sums: dict[str, str] = {}
     for name, values in ((TOKENS_ARRAY, tokens), (TARGETS_ARRAY, targets)):
         arr = group.create_array(
-            name, shape=values.shape, chunks=(chunk,), dtype=TOKENS_DTYPE, dimension_names=TOKENS_DIMS
+            name, shape=values.shape, chunks=(chunk,), dtype=TOKENS_DTYPE, dimension_names=TOKENS_DIMS,
+            config={"write_empty_chunks": True},
         )
         arr[:] = values
+        for i in range(arr.nchunks):
+            key = f"{name}/{arr.metadata.encode_chunk_key((i,))}"  # type: ignore[union-attr]
+            sums[key] = sha256_bytes(read_bytes(f"{url}/{key}"))
+    return sums
 
 
 class TokensArtifact:
@@ -215,8 +251,24 @@ class TokensArtifact:
         if expected is not None and sha256_bytes(index_bytes) != expected:
             raise ArtifactError(f"{ref.join(INDEX_FILE)} does not match its manifest checksum (corrupted?)")
         index = pq.read_table(io.BytesIO(index_bytes))
-        group = zarr.open_group(store=ref.join(ZARR_GROUP), mode="r")
+        chunk_sums = relative_checksums(manifest.checksums, ZARR_GROUP)
+        if chunk_sums and verify_reads():  # every chunk checked as it is decoded (older artifacts: values only)
+            group = open_verified_group(ref.join(ZARR_GROUP), chunk_sums, f"tokens artifact {ref.url}")
+        else:
+            group = zarr.open_group(store=ref.join(ZARR_GROUP), mode="r")
         return cls(ref, manifest, index, group)
+
+    def load_checked(self, name: str) -> np.ndarray:
+        """A whole array, checked against the manifest's checksum of its int16 values."""
+        values = np.asarray(self._group[name][:])
+        key = f"{ZARR_GROUP}/{name} (int16 values)"
+        expected = self.manifest.checksums.get(key)
+        if expected is not None and sha256_bytes(values.astype("<i2").tobytes()) != expected:
+            raise IntegrityError(
+                f"tokens artifact {self.ref.url}: array '{name}' does not match its manifest checksum "
+                "(a chunk was damaged or removed): run `smt verify` on it, then rebuild it"
+            )
+        return values
 
     @property
     def vocab_size(self) -> int:
@@ -230,14 +282,14 @@ class TokensArtifact:
     def tokens(self) -> np.ndarray:
         """All documents concatenated, (positions,) int16 as stored (a quarter of int64's memory)."""
         if self._tokens is None:
-            self._tokens = np.asarray(self._group[TOKENS_ARRAY][:])
+            self._tokens = self.load_checked(TOKENS_ARRAY)
         return self._tokens
 
     @property
     def targets(self) -> np.ndarray:
         """Targets aligned with `tokens`, (positions,) int16, -1 where nothing is scored."""
         if self._targets is None:
-            self._targets = np.asarray(self._group[TARGETS_ARRAY][:])
+            self._targets = self.load_checked(TARGETS_ARRAY)
         return self._targets
 
     def doc_ids(self, split: str | None = None) -> np.ndarray:
