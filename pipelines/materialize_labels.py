@@ -102,7 +102,7 @@ class EncodeUnitsFn(beam.DoFn):
         if read_unit_record(url, shard) is not None:  # finished by an earlier or retried attempt
             self.skipped.inc()
             return
-        extra = {"worker": f"{socket.gethostname()}:{os.getpid()}"}
+        extra = {"worker": f"{socket.gethostname()}:{os.getpid()}", "torch_threads": torch.get_num_threads()}
         record = run_unit(
             url, self.arrays, self.geometry, self.plan, shard, self.teacher, self.tokens,
             self.job["batch_size"], self.device, extra,
@@ -130,12 +130,13 @@ def materialize_labels(
         log.info("label store %s is complete and its checksums match: nothing to do", ref.url)
         return ref
     with artifact_lock(ref.url, f"label store {ref.url}"):
-        return _materialize(ref, tokens_url, teacher_url, spec, beam_cfg, model, config, parents, progress)
+        return _materialize(ref, tokens_url, teacher_url, spec, beam_cfg, model, config, parents, progress, threads)
 
 
 def _materialize(
     ref: ArtifactRef, tokens_url: str, teacher_url: str, spec: LabelSpec, beam_cfg: BeamConfig,
     model: TeacherModelConfig, config: dict[str, Any], parents: dict[str, str], progress: Progress | None,
+    threads: int | None = None,
 ) -> ArtifactRef:
     """The label job proper, under the store's lock: verify what exists, encode what is missing."""
     if is_complete(ref.url):  # again, under the lock: another builder may have finished or repaired it
@@ -299,6 +300,7 @@ def finalize(
         "windows_per_split": {str(s): int((splits == s).sum()) for s in np.unique(splits)},
         "encode_seconds": encode_seconds,
         "dtype": geometry.dtype,
+        "torch_threads": sorted({r["torch_threads"] for r in done if "torch_threads" in r}),  # per worker
     }
     publish_manifest(ref, config, parents, counts=geometry.counts(), checksums=checksums, stats=stats)
     log.info("label store %s published: %d labels, memory RMS %.3f", ref.url, geometry.counts()["labels"],

@@ -28,6 +28,7 @@ from stages.plans import plan_bptt
 from stages.rnn_io import CHECKPOINT_DIR, publish_rnn
 from stages.teacher import load_teacher, teacher_config
 from store.artifacts import ArtifactRef, is_complete, open_artifact, read_manifest, require_parent
+from store.locks import one_writer
 from store.tokens import TokensArtifact
 from training.distributed import init_distributed, rank_device, rank_seed
 from training.flops import bptt_step_flops, student_training_flops
@@ -71,6 +72,7 @@ def bptt_budget(
     return cfg.run.steps, float(smt_seconds)
 
 
+@one_writer(plan_bptt)
 def bptt_stage(
     tokens_url: str,
     variant: RNNConfig,

@@ -48,6 +48,7 @@ from store.artifacts import (
     require_parent,
     write_bytes_atomic,
 )
+from store.locks import one_writer
 from store.tokens import TokensArtifact
 from store.weights import save_json
 from training.distributed import init_distributed, rank_device
@@ -145,6 +146,7 @@ def _parquet(rows: list[dict[str, Any]]) -> bytes:
     return buf.getvalue()
 
 
+@one_writer(plan_evaluate)
 def evaluate_stage(
     rnn_urls: dict[str, str], tokens_url: str, teacher_url: str, labels_url: str, cfg: EvalConfig, root: str
 ) -> ArtifactRef:
