@@ -19,3 +19,15 @@ def label_env(tmp_path_factory: pytest.TempPathFactory):
     from _fixtures_labels import build_label_env
 
     return build_label_env(str(tmp_path_factory.mktemp("label_env")))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on 2 shared cores run several times faster on one intra-op thread, and do not stall
+    when other jobs share the cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -9,7 +9,6 @@ the marker comes after the prefix) through its own updates, never trained by unr
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from models.build import build_rnn, build_teacher
@@ -27,15 +26,6 @@ def retrieval_tensors(num_docs: int, seed: int) -> tuple[torch.Tensor, torch.Ten
     x = torch.from_numpy(np.stack([d[0] for d in docs]))
     y = torch.from_numpy(np.stack([d[1] for d in docs]))
     return x, y
-
-
-@pytest.fixture
-def one_thread():
-    """Tiny models run fastest on one thread, and do not stall when other jobs share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_smt_distils_a_retrieval_rnn_well_above_chance(one_thread):

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from _fixtures_training import BPTT_CFG, DISTILL_CFG, GRU, TRANSFORMER, build_chain
 
 from stages.bptt import bptt_stage
@@ -23,12 +22,7 @@ from store.labels import LabelStore
 BURN = "import time\nt = time.time() + 120\nwhile time.time() < t: sum(i * i for i in range(10_000))\n"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
