@@ -91,7 +91,9 @@ def _signal_name() -> str:
 def handle_stop_signals() -> None:
     """SIGINT and SIGTERM: ask every training loop to stop at its next step (training/stopping.py) and
     interrupt the main thread, wherever it waits (a Beam job, a Prefect future)."""
-    from training.stopping import request_stop
+    from training.stopping import clear_stop, request_stop
+
+    clear_stop()  # a stop requested during an earlier command in this process is not this command's
 
     def on_signal(signum: int, _frame: Any) -> None:
         _STOPPED_BY[0] = signum

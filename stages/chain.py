@@ -30,7 +30,7 @@ def run_until(
     from stages.dmt import dmt_stage
     from stages.evaluate import evaluate_stage
     from stages.labels import labels_stage
-    from stages.teacher import teacher_stage
+    from stages.teacher import require_useful_teacher, teacher_stage
     from stages.tokens import tokens_stage
 
     wanted = STAGES[: STAGES.index(last) + 1]
@@ -56,8 +56,6 @@ def run_until(
     teacher = done("teacher", teacher_stage(tokens_url=tokens.url, cfg=cfg.teacher, root=root))
     if "labels" not in wanted:
         return refs
-    from stages.teacher import require_useful_teacher
-
     require_useful_teacher(teacher.url, tokens.url, cfg.teacher_margin_bits)  # before the expensive label job
     if under_torchrun():
         planned = plan_labels(tokens_url=tokens.url, teacher_url=teacher.url, spec=cfg.labels, root=root)

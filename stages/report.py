@@ -37,7 +37,7 @@ def _cell(value: Any) -> str:
 
 
 def _ceiling_note(lineage: dict[str, dict[str, str]], ceiling: float) -> str:
-    """What the ceiling means, next to what no-context guessing gets, and who scored below it."""
+    """What the ceiling means, next to what guessing without context and chance get."""
     teacher = lineage.get("teacher")
     stats = read_manifest(teacher["url"]).stats if teacher else {}
     lines = []

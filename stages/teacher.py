@@ -212,9 +212,7 @@ def test_dec0(
     """
     if tokens.doc_ids(SPLIT_TEST).size == 0:
         return {}
-    crops = DocumentCrops(tokens, SPLIT_TEST)
-    tc = teacher.cfg.context_len  # type: ignore[attr-defined]
-    x, y = crops.scored(np.random.default_rng(seed), positions, tc - 1, 0)
+    x, y = held_out_anchors(tokens, teacher.cfg.context_len, positions, seed)  # type: ignore[attr-defined]
     x_t, y_t = torch.from_numpy(x).to(device), torch.from_numpy(y[:, -1]).to(device)
     total, count = 0.0, 0
     for i in range(0, x.shape[0], 256):
@@ -231,6 +229,13 @@ def test_dec0(
     }
 
 
+def held_out_anchors(
+    tokens: TokensArtifact, context_len: int, positions: int = TEST_POSITIONS, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The scored test-split anchors `test_dec0` reads, with full contexts: x, y (N, context_len)."""
+    return DocumentCrops(tokens, SPLIT_TEST).scored(np.random.default_rng(seed), positions, context_len - 1, 0)
+
+
 class TeacherQualityError(ArtifactError):
     """The teacher learned too little for its memories to be worth labelling (see `require_useful_teacher`)."""
 
@@ -244,11 +249,10 @@ def require_useful_teacher(teacher_url: str, tokens_url: str, margin_bits: float
     if "test_dec0_bits" not in stats:
         return {}
     if "test_unigram_bits" not in stats:
-        tokens = TokensArtifact.open(tokens_url)
-        tc = teacher_config(manifest).model.context_len
-        _, y = DocumentCrops(tokens, SPLIT_TEST).scored(np.random.default_rng(0), TEST_POSITIONS, tc - 1, 0)
+        model = teacher_config(manifest).model
+        _, y = held_out_anchors(TokensArtifact.open(tokens_url), model.context_len)
         stats["test_unigram_bits"] = unigram_bits(y[:, -1])
-        stats["chance_bits"] = math.log2(teacher_config(manifest).model.vocab_size)
+        stats["chance_bits"] = math.log2(model.vocab_size)
     quality = {"dec0": stats["test_dec0_bits"], "unigram": stats["test_unigram_bits"], "chance": stats["chance_bits"]}
     if margin_bits is not None and not quality["dec0"] < quality["unigram"] - margin_bits:
         raise TeacherQualityError(
