@@ -14,7 +14,9 @@ from models.rnn import RNN, RNN_KINDS, DecoderReadout, MLPReadout
 from models.teacher import Decoder, Teacher
 from schemas.config import RNNConfig, TeacherModelConfig
 
-_INIT_LOCK = threading.Lock()
+GLOBAL_RNG_LOCK = threading.RLock()
+"""Held by whatever draws from or resets torch's global CPU generator (every build, `seeded_init`,
+restoring a checkpoint's RNG): the flow's tasks are threads of one process sharing that generator."""
 
 
 @contextmanager
@@ -23,16 +25,19 @@ def seeded_init(seed: int) -> Iterator[None]:
 
     The flow trains several variants at once in threads, and they all draw their initial weights from
     torch's one global CPU generator: seeding it and then building was a race (two runs of the same
-    config gave different GRU students). Builds now hold a lock on a seeded fork of that generator.
+    config gave different GRU students). Builds now hold a lock on a seeded fork of that generator, and
+    so does every other build (a loader rebuilding a teacher before reading its weights drew from the
+    seeded stream of a build in another thread and moved a BPTT student between two runs).
     """
-    with _INIT_LOCK, torch.random.fork_rng(devices=[]):
+    with GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
 
 
 def build_teacher(cfg: TeacherModelConfig) -> Teacher:
     """A freshly initialised teacher (encoder + decoder) of the given shape."""
-    return Teacher(cfg)
+    with GLOBAL_RNG_LOCK:  # see seeded_init
+        return Teacher(cfg)
 
 
 def build_rnn(cfg: RNNConfig, teacher_cfg: TeacherModelConfig, teacher: Teacher | None = None) -> RNN:
@@ -48,6 +53,11 @@ def build_rnn(cfg: RNNConfig, teacher_cfg: TeacherModelConfig, teacher: Teacher 
         raise ValueError(
             f"teacher memory size {teacher.cfg.memory_size} != teacher_cfg memory size {teacher_cfg.memory_size}"
         )
+    with GLOBAL_RNG_LOCK:  # see seeded_init
+        return _build_rnn(cfg, teacher_cfg, teacher)
+
+
+def _build_rnn(cfg: RNNConfig, teacher_cfg: TeacherModelConfig, teacher: Teacher | None) -> RNN:
     head: nn.Module
     if cfg.readout == "teacher_decoder":
         decoder = copy.deepcopy(teacher.decoder) if teacher is not None else Decoder(teacher_cfg)

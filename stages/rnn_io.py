@@ -4,7 +4,8 @@ Layout (kind "rnn"):
 
     rnn-{hash16}/rnn.safetensors   RNN state_dict (updater + readout head)
                 /rnn.json          {"stage", "variant": RNNConfig, "teacher_model": TeacherModelConfig}
-                /metrics.parquet   training log (step, loss terms, lr, seconds, items_per_s)
+                /metrics.parquet   training log (step, loss terms, lr, grad_norm: same bytes every run)
+                /timings.parquet   step, seconds, items_per_s (the clock: store/training_log.py)
                 /manifest.json     written last; config = the stage's plan config (stages/plans.py)
 
 `rnn.json` is everything needed to rebuild the module without the teacher artifact (build_rnn with
@@ -25,13 +26,13 @@ from schemas.config import RNNConfig, TeacherModelConfig
 from schemas.manifest import Manifest
 from store.artifacts import ArtifactError, ArtifactRef, open_artifact, publish_manifest
 from store.integrity import check_recorded_file
+from store.training_log import write_training_log
 from store.weights import load_json, load_module, save_json, save_module
 from training.checkpoint import remove_checkpoints
-from training.loop import LoopResult, write_metrics
+from training.loop import LoopResult
 
 RNN_FILE = "rnn.safetensors"
 RNN_JSON = "rnn.json"
-METRICS_FILE = "metrics.parquet"
 CHECKPOINT_DIR = "_checkpoint"
 STAGE_MODE = {"distill": "smt", "dmt": "smt+dmt", "bptt": "bptt"}  # manifest config 'stage' -> report label
 
@@ -74,7 +75,7 @@ def publish_rnn(
         "teacher_model": teacher_model.model_dump(mode="json"),
     }
     save_json(ref.join(RNN_JSON), recipe)
-    write_metrics(ref.join(METRICS_FILE), result.metrics)
+    write_training_log(ref, result.metrics)
     base = {
         "steps": result.step,
         "seconds": result.seconds,

@@ -6,7 +6,8 @@ sanity baseline. Artifact layout (kind "teacher"):
 
     teacher-{hash16}/teacher.safetensors    Teacher state_dict
                     /updater.safetensors    reference updater (RNN) state_dict
-                    /metrics.parquet        step, loss terms, lr, seconds (one row per log_every)
+                    /metrics.parquet        step, loss terms, lr (one row per log_every)
+                    /timings.parquet        step, seconds, items_per_s (store/training_log.py)
                     /manifest.json          config = TeacherTrainConfig, parents {"tokens": hash}
 """
 
@@ -37,18 +38,18 @@ from store.artifacts import (
 from store.integrity import check_recorded_file
 from store.locks import one_writer
 from store.tokens import TokensArtifact
+from store.training_log import write_training_log
 from store.weights import load_module, save_module
 from training.checkpoint import remove_checkpoints
 from training.distributed import init_distributed, rank_device, rank_seed
 from training.evaluation import unigram_bits
-from training.loop import LoopResult, TrainLoop, resolve_device, write_metrics
+from training.loop import LoopResult, TrainLoop, resolve_device
 from training.losses import token_cross_entropy
 from training.prefetch import Prefetcher
 from training.steps import teacher_step_loss
 
 TEACHER_FILE = "teacher.safetensors"
 UPDATER_FILE = "updater.safetensors"
-METRICS_FILE = "metrics.parquet"
 CHECKPOINT_DIR = "_checkpoint"  # inside the unfinished artifact; removed once it is published
 TEST_POSITIONS = 1024  # test anchors scored for the published L_dec0
 
@@ -183,7 +184,7 @@ def _publish(
     test = test_dec0(teacher, tokens, device)
     save_module(ref.join(TEACHER_FILE), teacher)
     save_module(ref.join(UPDATER_FILE), updater)
-    write_metrics(ref.join(METRICS_FILE), result.metrics)
+    write_training_log(ref, result.metrics)
     stats = {
         "steps": result.step,
         "seconds": result.seconds,

@@ -22,7 +22,6 @@ def _golden() -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="transformer/bptt moved in a fresh clone (3.037 -> 3.004 bits); cause open")
 def test_demo_reproduces_the_golden_numbers(tmp_path: Path) -> None:
     golden, here = _golden(), machine()
     kernels = ("torch", "cpu_capability")

@@ -138,3 +138,37 @@ def test_concurrent_seeded_builds_equal_sequential_ones():
         assert len(built) == 3
         assert all(torch.equal(b[k], reference[i][k]) for b in built for k in reference[i])
     assert not torch.equal(reference[0]["initial"], reference[3]["initial"])  # the seed matters
+
+
+def test_seeded_build_is_not_shifted_by_unseeded_builds_in_other_threads():
+    """Loaders rebuild modules before loading weights (load_teacher, load_rnn), drawing from torch's
+    global generator: a loader running beside a seeded build must not consume the seeded draws (this
+    moved a demo BPTT student between two runs of the same config)."""
+    import threading
+
+    from models.build import seeded_init
+
+    variant = RNNConfig(kind="transformer", width=16, depth=1, heads=2, readout="mlp")
+
+    def seeded() -> dict[str, torch.Tensor]:
+        with seeded_init(7):
+            return build_rnn(variant, TCFG).state_dict()
+
+    reference = seeded()
+    stop = threading.Event()
+
+    def loader() -> None:
+        while not stop.is_set():
+            build_teacher(TCFG)  # what load_teacher does before reading the weights
+            build_rnn(RNNConfig(kind="gru", width=8, hidden=16, readout="mlp"), TCFG)
+
+    workers = [threading.Thread(target=loader) for _ in range(2)]
+    for w in workers:
+        w.start()
+    try:
+        built = [seeded() for _ in range(20)]
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+    assert all(torch.equal(b[k], reference[k]) for b in built for k in reference)

@@ -78,6 +78,7 @@ def test_teacher_artifact_layout_and_reuse(chain: Chain) -> None:
         "teacher.safetensors",
         "updater.safetensors",
         "metrics.parquet",
+        "timings.parquet",
         "manifest.json",
     }  # the checkpoint directory is gone once published
     manifest = read_manifest(chain.teacher.url, "teacher")
@@ -86,6 +87,9 @@ def test_teacher_artifact_layout_and_reuse(chain: Chain) -> None:
     assert manifest.stats["steps"] == TEACHER_CFG.run.steps and manifest.stats["test_dec0_bits"] > 0
     metrics = pq.read_table(url / "metrics.parquet").to_pylist()
     assert [r["step"] for r in metrics] == [4, 8, 12] and {"dec", "dyn", "unif", "lr"} <= set(metrics[0])
+    assert not {"seconds", "items_per_s"} & set(metrics[0])  # the clock's readings live apart
+    timings = pq.read_table(url / "timings.parquet").to_pylist()
+    assert [r["step"] for r in timings] == [4, 8, 12] and all(r["seconds"] > 0 for r in timings)
     before = os.path.getmtime(url / "manifest.json")
     assert teacher_stage(chain.tokens.url, TEACHER_CFG, chain.root) == chain.teacher  # complete: no work
     assert os.path.getmtime(url / "manifest.json") == before
@@ -128,6 +132,7 @@ def test_training_stages_publish_rnn_artifacts(chain: Chain, rnns: dict[str, str
         "rnn.safetensors",
         "rnn.json",
         "metrics.parquet",
+        "timings.parquet",
         "manifest.json",
     }
     recipe = json.loads((Path(rnns["transformer/smt"]) / "rnn.json").read_text())

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from fsspec.core import url_to_fs
 
+from models.build import GLOBAL_RNG_LOCK
 from store.artifacts import exists, read_bytes, write_bytes_atomic
 from store.weights import load_tensors, tensors_to_bytes
 
@@ -113,8 +114,10 @@ def capture_rng(generators: dict[str, torch.Generator] | None = None) -> dict[st
 
 
 def restore_rng(state: dict[str, Any], generators: dict[str, torch.Generator] | None = None) -> None:
-    """Put every stream captured by `capture_rng` back exactly."""
-    torch.set_rng_state(state["torch"])
+    """Put every stream captured by `capture_rng` back exactly (the global torch stream under the lock
+    builds hold, so a resume never lands inside another thread's seeded build)."""
+    with GLOBAL_RNG_LOCK:
+        torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state((n["key"], n["state"], n["pos"], n["has_gauss"], n["gauss"]))
     py = state["python"]

@@ -11,7 +11,6 @@ randomness only from their own seeded generators, never from the global torch RN
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import sys
@@ -21,14 +20,12 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from models.build import GLOBAL_RNG_LOCK
 from schemas.config import OptimConfig, RunConfig
-from store.artifacts import write_bytes_atomic
 from training import checkpoint as ckpt
 from training import distributed as distributed_mod
 from training.distributed import DistContext, LossModule
@@ -116,17 +113,6 @@ def to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, dict):
         return {k: to_device(v, device) for k, v in batch.items()}
     return batch
-
-
-def write_metrics(url: str, rows: list[dict[str, Any]]) -> None:
-    """Logged rows -> Parquet (columns are the union of keys; missing values are null)."""
-    keys: list[str] = []
-    for row in rows:
-        keys.extend(k for k in row if k not in keys)
-    table = pa.table({k: [row.get(k) for row in rows] for k in keys}) if rows else pa.table({"step": []})
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    write_bytes_atomic(url, buf.getvalue())
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -230,7 +216,8 @@ class TrainLoop:
         if len(rngs) == self.ctx.world_size:
             ckpt.restore_rng(rngs[self.ctx.rank], self.generators)
         else:  # resumed on a different world size: continue reproducibly, not identically
-            torch.manual_seed(distributed_mod.rank_seed(self.run_cfg.seed, self.ctx.rank, "resume", self.step))
+            with GLOBAL_RNG_LOCK:
+                torch.manual_seed(distributed_mod.rank_seed(self.run_cfg.seed, self.ctx.rank, "resume", self.step))
 
     def save(self) -> None:
         state = self.state()  # every rank takes part (RNG gather); only rank 0 writes
