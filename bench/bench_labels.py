@@ -35,8 +35,8 @@ from models.build import build_teacher  # noqa: E402
 from pipelines.label_units import resolve_device  # noqa: E402
 from pipelines.materialize_labels import materialize_labels  # noqa: E402
 from schemas.config import BeamConfig, LabelSpec, TeacherModelConfig, TeacherTrainConfig, TokensConfig  # noqa: E402
-from stages.teacher import TEACHER_FILE  # noqa: E402
 from store.artifacts import plan_artifact, publish_manifest, read_manifest  # noqa: E402
+from store.teacher import TEACHER_FILE  # noqa: E402
 from store.tokens import build_tokens_artifact  # noqa: E402
 from store.weights import save_module  # noqa: E402
 
@@ -84,7 +84,7 @@ def encoder_flops_per_label(cfg: TeacherModelConfig) -> float:
     """Forward FLOPs of one encoding (matmuls and attention scores; norms and rotary ignored).
 
     Per layer over T = Tc + K positions: 2*T*(4 W^2 + 3 W H) for qkv/out and the SwiGLU (hidden H),
-    plus 4*T^2*W for QK^T and AV; the projection to D. Published size: 5.2 GFLOP (SPEC.md's 4.0 is
+    plus 4*T^2*W for QK^T and AV; the projection to D. Published size: 5.2 GFLOP (the paper's 4.0 is
     nn.TransformerEncoder's two-matrix MLP at the same width).
     """
     t, w, h = cfg.context_len + cfg.memory_tokens, cfg.width, cfg.mlp_ratio * cfg.width

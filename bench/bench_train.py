@@ -1,6 +1,6 @@
 """Training throughput: SMT transitions/s, DMT step time and a BPTT step, as JSON.
 
-Defaults are the published sizes (SPEC.md section 9: Transformer updater width 256 / depth 8 /
+Defaults are the published sizes (the paper's, as schemas/config.py defaults: Transformer updater width 256 / depth 8 /
 K=16 / D=256, SMT batch 128, DMT B=32 Td=256 k=16, BPTT B=128 T=64); flags shrink them for a CPU.
 SMT is measured twice: compute only (synthetic label tensors already on the device) and, with
 --store, end to end from a local label store through the prefetching loader, so the difference

@@ -152,7 +152,7 @@ def _stage_command(stage: str) -> Callable[..., None]:
         variant: Annotated[list[str] | None, typer.Option(help="only these variant names")] = None,
         threads: ThreadsOpt = None,
     ) -> None:
-        from stages.chain import run_until
+        from flows.local import run_until
 
         cfg = _config(config, root, threads)
         chosen = [v for v in cfg.variants if not variant or v.label in variant]
@@ -182,7 +182,7 @@ def labels(
     threads: ThreadsOpt = None,
 ) -> None:
     """Materialise the label store with Beam (after tokens and teacher), or project its size."""
-    from stages.chain import run_until
+    from flows.local import run_until
 
     cfg = _config(config, root, threads)
     if dry_run:

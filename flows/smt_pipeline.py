@@ -1,6 +1,6 @@
-"""The Prefect flow: tokens -> teacher -> Beam labels -> per variant (distill -> DMT, BPTT) -> evaluate.
+"""The Prefect flow: the stage graph (flows/graph.py) run as Prefect tasks, then the report.
 
-The flow only wires stages. Every stage is content-addressed, so a task's cache key is the hash of
+The flow only executes the graph. Every stage is content-addressed, so a task's cache key is the hash of
 the artifact it would produce: a re-run with the same config finds every artifact complete and
 does no work, and adding a variant trains only that variant against the existing label store.
 A deleted artifact is rebuilt (the key is only used while the artifact is complete on disk).
@@ -20,19 +20,12 @@ from prefect import Task, flow, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.futures import PrefectFuture
 
-from schemas.config import PipelineConfig, load_config
-from stages import plans
-from stages.bptt import bptt_stage, budget_inputs
-from stages.distill import distill_stage
-from stages.dmt import dmt_stage
-from stages.evaluate import evaluate_stage
-from stages.labels import labels_stage
+from flows.graph import STAGES, Stage, run_graph
+from schemas.config import PipelineConfig, RNNConfig, load_config
 from stages.report import plan_report, report_stage
-from stages.teacher import require_useful_teacher, teacher_stage
-from stages.tokens import tokens_stage
 from store.artifacts import ArtifactRef, is_complete, read_bytes, read_manifest
 from training.stopping import stop_first_on_sigterm
-from training.threads import threads_for, use_threads
+from training.threads import use_threads
 
 RETRIES = 2  # transient failures (a flaky object store, a preempted worker) are retried
 RETRY_DELAY_S = 5
@@ -52,7 +45,7 @@ def _result_dir(root: str) -> Path:
 class StageTask:
     """A stage as a Prefect task whose cache key is the hash of the artifact it will publish.
 
-    The key is known before the task runs (`stages/plans.py`), so the first run stores its result
+    The key is known before the task runs (`store/plans.py`), so the first run stores its result
     under it and any later run with the same inputs and config is a cache hit. If the artifact has
     been deleted since, the cached result is refreshed instead of trusted.
     """
@@ -111,13 +104,24 @@ def _as_dict(stage):
     return run
 
 
-tokens_task = _stage_task(_as_dict(tokens_stage), plans.plan_tokens, "tokens")
-teacher_task = _stage_task(_as_dict(teacher_stage), plans.plan_teacher, "teacher")
-labels_task = _stage_task(_as_dict(labels_stage), plans.plan_labels, "labels (Beam)")
-distill_task = _stage_task(_as_dict(distill_stage), plans.plan_distill, "distill")
-dmt_task = _stage_task(_as_dict(dmt_stage), plans.plan_dmt, "dmt")
-bptt_task = _stage_task(_as_dict(bptt_stage), plans.plan_bptt, "bptt")
-evaluate_task = _stage_task(_as_dict(evaluate_stage), plans.plan_evaluate, "evaluate")
+class PrefectExecutor:
+    """Submits each stage of the graph as a Prefect task (flows/graph.py), keyed on its artifact; the
+    variant tasks are named by role and variant (`distill[gru]`), so the UI tells them apart."""
+
+    def __init__(self, results: Path) -> None:
+        self.results = results
+
+    def submit(self, stage: Stage, variant: RNNConfig | None, threads: int, params: dict[str, Any]) -> PrefectFuture:
+        run_name = f"{stage.name}[{variant.label}]" if variant is not None else None
+        return STAGE_TASKS[stage.name].submit(self.results, run_name, threads=threads, **params)
+
+    def result(self, handle: PrefectFuture) -> ArtifactRef:
+        ref = handle.result()
+        return ArtifactRef(url=ref["url"], hash=ref["hash"], kind=ref["kind"])
+
+
+STAGE_TASKS = {name: _stage_task(_as_dict(stage.run), stage.plan, "labels (Beam)" if name == "labels" else name)
+               for name, stage in STAGES.items()}
 
 
 def _report(evaluation_url: str, lineage: dict[str, dict[str, str]], name: str) -> str:
@@ -149,47 +153,10 @@ def smt_pipeline(config: dict[str, Any] | str) -> str:
     """Run the whole pipeline for one config (a dict or a YAML path); returns the report path."""
     stop_first_on_sigterm()  # a SIGTERM must also stop the variant tasks' loops (training/stopping.py)
     cfg = load_config(config) if isinstance(config, str) else PipelineConfig.model_validate(config)
-    root = cfg.root
-    results = _result_dir(root)
-
-    def threads(stage: str) -> int:
-        return threads_for(cfg.threads, stage, len(cfg.variants))
-
-    tokens = tokens_task(results, cfg=cfg.tokens, root=root, threads=threads("tokens"))
-    teacher = teacher_task(results, tokens_url=tokens["url"], cfg=cfg.teacher, root=root, threads=threads("teacher"))
-    require_useful_teacher(teacher["url"], tokens["url"], cfg.teacher_margin_bits)
-    labels = labels_task(
-        results, tokens_url=tokens["url"], teacher_url=teacher["url"], spec=cfg.labels, beam=cfg.beam, root=root,
-        threads=threads("labels"), worker_threads=cfg.threads,
-    )
-
-    distilled: dict[str, PrefectFuture] = {}
-    for variant in cfg.variants:
-        distilled[variant.label] = distill_task.submit(
-            results, f"distill[{variant.label}]", labels_url=labels["url"], teacher_url=teacher["url"],
-            variant=variant, cfg=cfg.distill, root=root, threads=threads("distill"),
-        )
-    finals: dict[str, PrefectFuture] = {}
-    for variant in cfg.variants:
-        smt = distilled[variant.label].result()
-        finals[f"{variant.label}/smt+dmt"] = dmt_task.submit(
-            results, f"dmt[{variant.label}]", rnn_url=smt["url"], labels_url=labels["url"],
-            teacher_url=teacher["url"], cfg=cfg.dmt, root=root, threads=threads("dmt"),
-        )
-        finals[f"{variant.label}/bptt"] = bptt_task.submit(
-            results, f"bptt[{variant.label}]", tokens_url=tokens["url"], variant=variant,
-            teacher_url=teacher["url"], cfg=cfg.bptt, root=root, threads=threads("bptt"),
-            **budget_inputs(cfg, variant, smt["url"]),
-        )
-    rnns = {f"{label}/smt": fut.result() for label, fut in distilled.items()}
-    rnns.update({key: fut.result() for key, fut in finals.items()})
-
-    evaluation = evaluate_task(
-        results, rnn_urls={k: v["url"] for k, v in rnns.items()}, tokens_url=tokens["url"],
-        teacher_url=teacher["url"], labels_url=labels["url"], cfg=cfg.evaluate, root=root, threads=threads("evaluate"),
-    )
-    lineage = {"tokens": tokens, "teacher": teacher, "labels": labels, **rnns, "evaluation": evaluation}
-    report = report_task(results, evaluation_url=evaluation["url"], lineage=lineage, name=cfg.name)
+    results = _result_dir(cfg.root)
+    refs = run_graph(cfg, PrefectExecutor(results))
+    lineage = {role: _ref_dict(ref) for role, ref in refs.items()}
+    report = report_task(results, evaluation_url=refs["evaluation"].url, lineage=lineage, name=cfg.name)
     publish_prefect_artifacts(report, lineage, cfg.name)
     print(f"report: {report}")
     return report

@@ -10,9 +10,10 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from models.rnn import RNN, RNN_KINDS, DecoderReadout, MLPReadout
+from models.rnn import RNN, DecoderReadout, MLPReadout
 from models.teacher import Decoder, Teacher
 from schemas.config import RNNConfig, TeacherModelConfig
+from schemas.registry import RNN_VARIANTS, resolve
 
 GLOBAL_RNG_LOCK = threading.RLock()
 """Held by whatever draws from or resets torch's global CPU generator (every build, `seeded_init`,
@@ -65,4 +66,4 @@ def _build_rnn(cfg: RNNConfig, teacher_cfg: TeacherModelConfig, teacher: Teacher
         head = DecoderReadout(decoder)
     else:
         head = MLPReadout(teacher_cfg.memory_size, cfg.hidden, teacher_cfg.vocab_size)
-    return RNN_KINDS[cfg.kind](cfg, teacher_cfg, head)
+    return resolve(RNN_VARIANTS[cfg.kind])(cfg, teacher_cfg, head)  # schemas/registry.py

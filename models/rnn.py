@@ -1,4 +1,4 @@
-"""RNN students: an updater `(m_t, x_{t+1}) -> m_{t+1}` plus a readout `m_t -> logits` (SPEC.md section 5).
+"""RNN students: an updater `(m_t, x_{t+1}) -> m_{t+1}` plus a readout `m_t -> logits` (docs/method.md section 5).
 
 Every variant keeps its whole state in the memory `m` (B, Z) and RMS-normalises each of its K memory tokens
 over D after every update, exactly like the encoder's labels, so SMT can regress updates onto labels and
@@ -163,12 +163,3 @@ class GatedLinearUpdater(RNN):
         gate, candidate = self.gate_candidate(torch.cat((m, self.embed(x)), -1)).chunk(2, dim=-1)
         z = torch.sigmoid(gate)
         return (1 - z) * m + z * candidate
-
-
-RNN_KINDS: dict[str, type[RNN]] = {
-    "transformer": TransformerUpdater,
-    "gru": GRUUpdater,
-    "lstm": LSTMUpdater,
-    "mlp": MLPUpdater,
-    "gated_linear": GatedLinearUpdater,
-}

@@ -1,4 +1,4 @@
-"""The teacher: a bidirectional encoder writes memory, a causal decoder reads it (SPEC.md section 3).
+"""The teacher: a bidirectional encoder writes memory, a causal decoder reads it (docs/method.md section 3).
 
 Positions. Rotary positions are counted from the right end of the context window: context token `i` of
 `Tc` sits at position `i - Tc` (the last real token is always at -1) and the `K` registers follow at

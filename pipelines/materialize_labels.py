@@ -45,8 +45,6 @@ from pipelines.options import is_local_runner, pipeline_options
 from schemas.config import BeamConfig, LabelSpec, TeacherModelConfig
 from schemas.layout import INDEX_FILE, LABEL_INDEX_SCHEMA
 from schemas.manifest import sha256_bytes
-from stages.plans import plan_labels
-from stages.teacher import TEACHER_FILE, teacher_config
 from store.artifacts import (
     ArtifactError,
     ArtifactRef,
@@ -69,6 +67,8 @@ from store.label_layout import (
     read_unit_record,
 )
 from store.locks import artifact_lock
+from store.plans import plan_labels
+from store.teacher import TEACHER_FILE, teacher_config
 from store.tokens import TokensArtifact
 from training.threads import available_cores
 
@@ -85,7 +85,7 @@ class EncodeUnitsFn(beam.DoFn):
         self.skipped = beam.metrics.Metrics.counter("smt_labels", "units_skipped")
 
     def setup(self) -> None:
-        from stages.teacher import load_teacher
+        from store.teacher import load_teacher
 
         job = self.job
         if job["threads"]:

@@ -1,6 +1,6 @@
 """Typed configs for every stage: YAML in, validated, every field defaulted and described.
 
-Numbers default to the published values of SPEC.md; `configs/demo.yaml` shrinks them for a CPU.
+Numbers default to the published values of docs/method.md; `configs/demo.yaml` shrinks them for a CPU.
 Unknown keys are errors (`extra="forbid"`), so a typo never silently falls back to a default.
 """
 
@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from schemas.registry import RNN_VARIANTS, SOURCES
 
 SCHEMA_VERSION = 1  # bump when an artifact layout or manifest field changes incompatibly
 
@@ -25,7 +27,7 @@ class StrictModel(BaseModel):
 
 
 class TeacherModelConfig(StrictModel):
-    """Shape of the Transformer encoder-decoder teacher (SPEC.md section 3)."""
+    """Shape of the Transformer encoder-decoder teacher (docs/method.md section 3)."""
 
     vocab_size: int = Field(256, ge=2, description="token vocabulary V; tokens are ints in [0, V)")
     width: int = Field(256, ge=8, description="Transformer width of encoder and decoder")
@@ -52,11 +54,11 @@ class TeacherModelConfig(StrictModel):
         return self.memory_tokens * self.memory_dim
 
 
-RNNKind = Literal["transformer", "gru", "lstm", "mlp", "gated_linear"]
+RNNKind = Literal[tuple(RNN_VARIANTS)]  # type: ignore[valid-type]  # schemas/registry.py
 
 
 class RNNConfig(StrictModel):
-    """One RNN variant: an updater (Z, token) -> Z plus a readout Z -> logits (SPEC.md section 5)."""
+    """One RNN variant: an updater (Z, token) -> Z plus a readout Z -> logits (docs/method.md section 5)."""
 
     kind: RNNKind = Field("transformer", description="updater architecture")
     name: str | None = Field(None, description="label in reports; defaults to kind")
@@ -105,7 +107,7 @@ class RunConfig(StrictModel):
 # ----------------------------------------------------------------------------- stages
 
 
-SourceKind = Literal["synthetic", "mnist_idx", "text", "jsonl", "parquet", "npy", "sketch_idx"]
+SourceKind = Literal[tuple(SOURCES)]  # type: ignore[valid-type]  # schemas/registry.py
 TaskName = Literal["retrieval", "copy", "stack", "keys_values", "modular", "parity"]
 
 
@@ -183,7 +185,7 @@ class DistillConfig(StrictModel):
 
 
 class DMTConfig(StrictModel):
-    """DAgger Memory Training fine-tune (SPEC.md section 6, published defaults)."""
+    """DAgger Memory Training fine-tune (docs/method.md section 6, published defaults)."""
 
     run: RunConfig = Field(default_factory=lambda: RunConfig(steps=1500, batch_size=32))
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=3e-5, schedule="cosine"))

@@ -15,6 +15,7 @@ import numpy as np
 
 from schemas.config import TokensConfig
 from schemas.layout import NO_TARGET
+from schemas.registry import SOURCES, resolve
 from sources.errors import SourceError
 from sources.idx import PIXEL_VOCAB, image_pixel_sequences
 from sources.npy import read_npy
@@ -65,37 +66,57 @@ def next_token_targets(x: np.ndarray) -> np.ndarray:
 
 
 def read_documents(cfg: TokensConfig) -> DocumentSet:
-    """Read the documents `cfg` describes; raises SourceError with a one-line message on bad input."""
-    if cfg.source == "synthetic":
-        return _synthetic(cfg)
-    assert cfg.url is not None  # TokensConfig guarantees a url for file sources
+    """Read the documents `cfg` describes; raises SourceError with a one-line message on bad input.
+    The reader is the one registered for `cfg.source` (schemas/registry.py)."""
+    if cfg.source not in SOURCES:
+        raise SourceError(f"unknown source '{cfg.source}', expected one of {', '.join(SOURCES)}")
+    if cfg.source != "synthetic":
+        assert cfg.url is not None  # TokensConfig guarantees a url for file sources
     stats: dict[str, Any] = {"source": cfg.source, "url": cfg.url}
-    if cfg.source in ("text", "jsonl", "parquet"):
-        ascii_filter = AsciiFilter(cfg.non_ascii)
-        if cfg.source == "text":
-            docs = read_text_files(cfg.url, ascii_filter)
-        elif cfg.source == "jsonl":
-            docs = read_jsonl(cfg.url, cfg.text_column, ascii_filter)
-        else:
-            docs = read_parquet(cfg.url, cfg.text_column, ascii_filter)
-        result = _collect(docs, cfg, TEXT_VOCAB, stats)
-        stats["non_ascii_policy"] = cfg.non_ascii
-        stats["non_ascii_bytes"] = ascii_filter.affected_bytes
-        if ascii_filter.transcoded:  # files decoded from UTF-8 with BOM / UTF-16 / UTF-32
-            stats["text_encodings_converted"] = dict(ascii_filter.transcoded)
-        return result
-    if cfg.source == "mnist_idx":
-        docs = _named(cfg.url, image_pixel_sequences(cfg.url, cfg.max_docs))
-        return _collect(docs, cfg, PIXEL_VOCAB, stats)
-    if cfg.source == "sketch_idx":
-        stats["sketch_threshold"] = cfg.sketch_threshold
-        docs = _named(cfg.url, sketch_sequences(cfg.url, cfg.sketch_threshold, cfg.max_docs))
-        return _collect(docs, cfg, SKETCH_VOCAB, stats)
-    if cfg.source == "npy":
-        result = _collect(read_npy(cfg.url, cfg.vocab_size), cfg, cfg.vocab_size, stats)
-        stats["vocab_size_from"] = "config" if cfg.vocab_size is not None else "max token + 1"
-        return result
-    raise SourceError(f"unknown source '{cfg.source}'")
+    return resolve(SOURCES[cfg.source])(cfg, stats)
+
+
+def read_synthetic(cfg: TokensConfig, stats: dict[str, Any]) -> DocumentSet:
+    return _synthetic(cfg)
+
+
+def read_text(cfg: TokensConfig, stats: dict[str, Any]) -> DocumentSet:
+    return _text(cfg, stats, lambda f: read_text_files(cfg.url, f))
+
+
+def read_jsonl_text(cfg: TokensConfig, stats: dict[str, Any]) -> DocumentSet:
+    return _text(cfg, stats, lambda f: read_jsonl(cfg.url, cfg.text_column, f))
+
+
+def read_parquet_text(cfg: TokensConfig, stats: dict[str, Any]) -> DocumentSet:
+    return _text(cfg, stats, lambda f: read_parquet(cfg.url, cfg.text_column, f))
+
+
+def _text(cfg: TokensConfig, stats: dict[str, Any], read: Any) -> DocumentSet:
+    ascii_filter = AsciiFilter(cfg.non_ascii)
+    result = _collect(read(ascii_filter), cfg, TEXT_VOCAB, stats)
+    stats["non_ascii_policy"] = cfg.non_ascii
+    stats["non_ascii_bytes"] = ascii_filter.affected_bytes
+    if ascii_filter.transcoded:  # files decoded from UTF-8 with BOM / UTF-16 / UTF-32
+        stats["text_encodings_converted"] = dict(ascii_filter.transcoded)
+    return result
+
+
+def read_mnist_idx(cfg: TokensConfig, stats: dict[str, Any]) -> DocumentSet:
+    docs = _named(cfg.url, image_pixel_sequences(cfg.url, cfg.max_docs))
+    return _collect(docs, cfg, PIXEL_VOCAB, stats)
+
+
+def read_sketch_idx(cfg: TokensConfig, stats: dict[str, Any]) -> DocumentSet:
+    stats["sketch_threshold"] = cfg.sketch_threshold
+    docs = _named(cfg.url, sketch_sequences(cfg.url, cfg.sketch_threshold, cfg.max_docs))
+    return _collect(docs, cfg, SKETCH_VOCAB, stats)
+
+
+def read_npy_tokens(cfg: TokensConfig, stats: dict[str, Any]) -> DocumentSet:
+    result = _collect(read_npy(cfg.url, cfg.vocab_size), cfg, cfg.vocab_size, stats)
+    stats["vocab_size_from"] = "config" if cfg.vocab_size is not None else "max token + 1"
+    return result
 
 
 def _named(url: str, docs: list[np.ndarray]) -> Iterable[tuple[str, np.ndarray]]:

@@ -23,12 +23,13 @@ import torch
 from models.build import build_rnn, seeded_init
 from schemas.config import BPTTConfig, PipelineConfig, RNNConfig, TeacherModelConfig
 from schemas.layout import SPLIT_TRAIN
-from stages.crops import DocumentCrops
-from stages.plans import plan_bptt
-from stages.rnn_io import CHECKPOINT_DIR, publish_rnn
-from stages.teacher import load_teacher, teacher_config
-from store.artifacts import ArtifactRef, is_complete, open_artifact, read_manifest, require_parent
+from store.artifacts import CHECKPOINT_DIR, ArtifactRef, is_complete, open_artifact, read_manifest, require_parent
+from store.checkpoints import Checkpoints
+from store.crops import DocumentCrops
 from store.locks import one_writer
+from store.plans import plan_bptt
+from store.rnn import publish_rnn
+from store.teacher import load_teacher, teacher_config
 from store.tokens import TokensArtifact
 from training.distributed import init_distributed, rank_device, rank_seed
 from training.flops import bptt_step_flops, student_training_flops
@@ -128,7 +129,7 @@ def bptt_stage(
         batches,
         run,
         cfg.optim,
-        checkpoint_url=ref.join(CHECKPOINT_DIR),
+        checkpoints=Checkpoints(ref.join(CHECKPOINT_DIR)),
         device=device,
         items_per_step=cfg.run.batch_size * cfg.seq_len,
         max_seconds=max_seconds,
@@ -148,14 +149,6 @@ def bptt_stage(
             "world_size": ctx.world_size,
             "device": str(device),
         }
-        parents = {"tokens": tokens_ref.hash, "teacher": teacher_manifest.hash}
-        config = {
-            "stage": "bptt",
-            "variant": variant.model_dump(mode="json"),
-            "train": cfg.model_dump(mode="json"),
-            "smt_seconds": smt_seconds,
-            **({"smt_flops": smt_flops} if smt_flops is not None else {}),
-        }
-        publish_rnn(ref, config, parents, rnn, model_cfg, result, stats)
+        publish_rnn(ref, rnn, model_cfg, result, stats)
     ctx.barrier()
     return ref

@@ -1,7 +1,7 @@
 """SMT distillation stage: regress an RNN's update onto stored teacher transitions.
 
 No teacher forward passes and no unrolling: every batch is `run.batch_size` independent transitions
-`(m_t, x_{t+1}) -> m_{t+1}` read from the label store (SPEC.md section 6), so the step is fully data
+`(m_t, x_{t+1}) -> m_{t+1}` read from the label store (docs/method.md section 6), so the step is fully data
 parallel and its cost does not depend on sequence length. The readout is either the teacher's decoder
 (copied, already matched to these memories, so it is frozen here and only DMT fine-tunes it) or an MLP
 head trained by cross-entropy on the stored memories `m_{t+1}` (never on the RNN's predictions).
@@ -17,12 +17,13 @@ import torch
 from models.build import build_rnn, seeded_init
 from schemas.config import DistillConfig, RNNConfig
 from schemas.layout import SPLIT_TRAIN
-from stages.plans import plan_distill
-from stages.rnn_io import CHECKPOINT_DIR, publish_rnn
-from stages.teacher import load_teacher, teacher_config
-from store.artifacts import ArtifactError, ArtifactRef, is_complete
+from store.artifacts import CHECKPOINT_DIR, ArtifactError, ArtifactRef, is_complete
+from store.checkpoints import Checkpoints
 from store.labels import LabelStore, Transitions
 from store.locks import one_writer
+from store.plans import plan_distill
+from store.rnn import publish_rnn
+from store.teacher import load_teacher, teacher_config
 from training.distributed import init_distributed, rank_device, rank_seed
 from training.flops import distill_step_flops
 from training.loop import TrainLoop, resolve_device
@@ -100,7 +101,7 @@ def distill_stage(labels_url: str, teacher_url: str, variant: RNNConfig, cfg: Di
         batches,
         cfg.run,
         cfg.optim,
-        checkpoint_url=ref.join(CHECKPOINT_DIR),
+        checkpoints=Checkpoints(ref.join(CHECKPOINT_DIR)),
         device=device,
         items_per_step=cfg.run.batch_size,
         name=f"distill {variant.label}",
@@ -123,8 +124,6 @@ def distill_stage(labels_url: str, teacher_url: str, variant: RNNConfig, cfg: Di
             "device": str(device),
             "label_store_windows": store.num_windows,
         }
-        parents = {"labels": store.hash, "teacher": teacher_manifest.hash}
-        config = {"stage": "distill", "variant": variant.model_dump(mode="json"), "train": cfg.model_dump(mode="json")}
-        publish_rnn(ref, config, parents, rnn, model_cfg, result, stats)
+        publish_rnn(ref, rnn, model_cfg, result, stats)
     ctx.barrier()
     return ref

@@ -1,4 +1,4 @@
-"""DAgger Memory Training stage: fine-tune a distilled RNN on its own rollouts (SPEC.md section 6).
+"""DAgger Memory Training stage: fine-tune a distilled RNN on its own rollouts (docs/method.md section 6).
 
 Trajectories (encoder memories for Td+1 consecutive positions plus their tokens) come from the label
 store, so DMT never runs the encoder either. The teacher is loaded only for its frozen decoder, which
@@ -16,12 +16,13 @@ import torch
 from schemas.config import DMTConfig
 from schemas.layout import SPLIT_TRAIN
 from stages.distill import open_store_for, reader_device
-from stages.plans import plan_dmt
-from stages.rnn_io import CHECKPOINT_DIR, load_rnn, publish_rnn
-from stages.teacher import load_teacher, teacher_config
-from store.artifacts import ArtifactError, ArtifactRef, is_complete, require_parent
+from store.artifacts import CHECKPOINT_DIR, ArtifactError, ArtifactRef, is_complete, require_parent
+from store.checkpoints import Checkpoints
 from store.labels import Trajectories
 from store.locks import one_writer
+from store.plans import plan_dmt
+from store.rnn import load_rnn, publish_rnn
+from store.teacher import load_teacher, teacher_config
 from training.distributed import init_distributed, rank_device, rank_seed
 from training.flops import dmt_step_flops
 from training.loop import TrainLoop, resolve_device
@@ -83,7 +84,7 @@ def dmt_stage(rnn_url: str, labels_url: str, teacher_url: str, cfg: DMTConfig, r
         batches,
         cfg.run,
         cfg.optim,
-        checkpoint_url=ref.join(CHECKPOINT_DIR),
+        checkpoints=Checkpoints(ref.join(CHECKPOINT_DIR)),
         device=device,
         items_per_step=cfg.run.batch_size * cfg.rollout_len,
         generators={"loss": generator},
@@ -99,8 +100,6 @@ def dmt_stage(rnn_url: str, labels_url: str, teacher_url: str, cfg: DMTConfig, r
             "device": str(device),
             "init_stats": {k: init_manifest.stats.get(k) for k in ("final_dyn", "final_readout", "seconds")},
         }
-        parents = {"init": init_manifest.hash, "labels": store.hash, "teacher": teacher_manifest.hash}
-        config = {"stage": "dmt", "variant": init_manifest.config.get("variant"), "train": cfg.model_dump(mode="json")}
-        publish_rnn(ref, config, parents, rnn, model_cfg, result, stats)
+        publish_rnn(ref, rnn, model_cfg, result, stats)
     ctx.barrier()
     return ref

@@ -12,7 +12,7 @@ Artifact layout (kind "evaluation"):
                        /samples-{rnn}.png image samples when the data are 784-long pixel sequences
                        /manifest.json     config = EvalConfig; parents rnn:{name}, tokens, teacher, labels
 
-Read loss (SPEC.md section 7): on `num_sequences` test sequences, start="teacher" runs the RNN from
+Read loss (docs/method.md section 7): on `num_sequences` test sequences, start="teacher" runs the RNN from
 the teacher's memory of the first `prefix_len` tokens; start="init" runs it from its initial memory
 over the same prefix (unscored). Both score the same `steps` positions, where the teacher's own
 L_dec0 (memory of a full context, readout) is the ceiling an RNN can approach.
@@ -34,11 +34,6 @@ from models.teacher import Teacher
 from schemas.config import EvalConfig
 from schemas.layout import SPLIT_TEST
 from schemas.manifest import Manifest
-from stages.crops import DocumentCrops
-from stages.eval_render import decode_text, is_byte_text, is_pixel_data, plot_images, plot_read_loss
-from stages.plans import plan_evaluate
-from stages.rnn_io import load_rnn, mode_of
-from stages.teacher import load_teacher
 from store.artifacts import (
     ArtifactError,
     ArtifactRef,
@@ -48,7 +43,12 @@ from store.artifacts import (
     require_parent,
     write_bytes_atomic,
 )
+from store.crops import DocumentCrops
+from store.evaluation import decode_text, is_byte_text, is_pixel_data, plot_images, plot_read_loss
 from store.locks import one_writer
+from store.plans import plan_evaluate
+from store.rnn import load_rnn, mode_of
+from store.teacher import load_teacher
 from store.tokens import TokensArtifact
 from store.weights import save_json
 from training.distributed import init_distributed, rank_device
@@ -211,8 +211,6 @@ def evaluate_stage(
     samples = write_samples(ref, rnns, teacher, x, crops, tokens.vocab_size, cfg)
     write_bytes_atomic(ref.join("metrics.parquet"), _parquet(metrics))
     write_bytes_atomic(ref.join("summary.parquet"), _parquet(summary))
-    parents = {f"rnn:{name}": m.hash for name, (_, m) in rnns.items()}
-    parents.update(tokens=tokens_ref.hash, teacher=teacher_manifest.hash, labels=labels_ref.hash)
     stats = {
         "summary": [{k: r[k] for k in ("rnn", "mode", "start", "mean_bits", "accuracy")} for r in summary],
         "teacher_dec0_bits": summary[0]["mean_bits"],
@@ -222,7 +220,7 @@ def evaluate_stage(
         "torch_threads": torch.get_num_threads(),
     }
     counts = {"rnns": len(rnns), "sequences": int(x.shape[0]), "positions": cfg.steps}
-    publish_manifest(ref, cfg.model_dump(mode="json"), parents, counts=counts, stats=stats)
+    publish_manifest(ref, ref.config, ref.parents, counts=counts, stats=stats)
     ctx.barrier()
     return ref
 

@@ -121,6 +121,5 @@ def report_stage(evaluation_url: str, lineage: dict[str, dict[str, str]], name: 
     markdown = build_markdown(evaluation_url, lineage, name, rel)
     if not is_complete(ref.url):
         write(ref.join("report.md"), markdown.encode())
-        parents = {role: r["hash"] for role, r in lineage.items()}
-        publish_manifest(ref, {"name": name}, parents, counts={"artifacts": len(lineage)})
+        publish_manifest(ref, ref.config, ref.parents, counts={"artifacts": len(lineage)})
     return ref.join("report.md"), markdown

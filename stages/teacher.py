@@ -1,21 +1,14 @@
 """Teacher stage: train the Transformer encoder-decoder jointly with a reference Transformer updater.
 
 The reference updater exists only to provide the dynamics loss L_dyn that makes the teacher's memory
-Markovian (SPEC.md section 4); it is saved too, because it is a ready-made SMT-style RNN and a useful
-sanity baseline. Artifact layout (kind "teacher"):
-
-    teacher-{hash16}/teacher.safetensors    Teacher state_dict
-                    /updater.safetensors    reference updater (RNN) state_dict
-                    /metrics.parquet        step, loss terms, lr (one row per log_every)
-                    /timings.parquet        step, seconds, items_per_s (store/training_log.py)
-                    /manifest.json          config = TeacherTrainConfig, parents {"tokens": hash}
+Markovian (docs/method.md section 4); it is saved too, because it is a ready-made SMT-style RNN and a useful
+sanity baseline. Its files are read and written by store/teacher.py.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import torch
@@ -24,23 +17,20 @@ from torch import nn
 from models.build import build_rnn, build_teacher, seeded_init
 from schemas.config import TeacherTrainConfig
 from schemas.layout import SPLIT_TEST, SPLIT_TRAIN
-from schemas.manifest import Manifest
-from stages.crops import DocumentCrops
-from stages.plans import plan_teacher
 from store.artifacts import (
+    CHECKPOINT_DIR,
     ArtifactError,
     ArtifactRef,
     is_complete,
     open_artifact,
-    publish_manifest,
     read_manifest,
 )
-from store.integrity import check_recorded_file
+from store.checkpoints import Checkpoints
+from store.crops import DocumentCrops
 from store.locks import one_writer
+from store.plans import plan_teacher
+from store.teacher import publish_teacher, teacher_config
 from store.tokens import TokensArtifact
-from store.training_log import write_training_log
-from store.weights import load_module, save_module
-from training.checkpoint import remove_checkpoints
 from training.distributed import init_distributed, rank_device, rank_seed
 from training.evaluation import unigram_bits
 from training.loop import LoopResult, TrainLoop, resolve_device
@@ -48,51 +38,7 @@ from training.losses import token_cross_entropy
 from training.prefetch import Prefetcher
 from training.steps import teacher_step_loss
 
-TEACHER_FILE = "teacher.safetensors"
-UPDATER_FILE = "updater.safetensors"
-CHECKPOINT_DIR = "_checkpoint"  # inside the unfinished artifact; removed once it is published
 TEST_POSITIONS = 1024  # test anchors scored for the published L_dec0
-
-
-def teacher_config(manifest: Manifest) -> TeacherTrainConfig:
-    """The training config a teacher artifact was made with (its manifest.config)."""
-    try:
-        return TeacherTrainConfig.model_validate(manifest.config)
-    except Exception as err:  # pydantic ValidationError: name the artifact, not just the field
-        raise ArtifactError(f"teacher artifact {manifest.hash[:16]} has an unreadable config: {err}") from err
-
-
-def load_teacher(url: str, device: str | torch.device = "cpu") -> tuple[nn.Module, Manifest]:
-    """Rebuild the Teacher from its manifest config and load its safetensors weights (eval mode).
-
-    Returns (teacher, manifest); the manifest's hash is what lineage checks compare against.
-    """
-    ref, manifest = open_artifact(url, "teacher")
-    cfg = teacher_config(manifest)
-    teacher = build_teacher(cfg.model)
-    check_recorded_file(ref.url, manifest.checksums, TEACHER_FILE, "teacher")
-    load_module(ref.join(TEACHER_FILE), teacher, device)
-    teacher.eval()
-    return teacher, manifest
-
-
-def load_reference_updater(
-    url: str, device: str | torch.device = "cpu", teacher: nn.Module | None = None
-) -> tuple[nn.Module, Manifest]:
-    """Rebuild the reference Transformer updater trained alongside the teacher (eval mode)."""
-    ref, manifest = open_artifact(url, "teacher")
-    cfg = teacher_config(manifest)
-    if teacher is None:
-        teacher = build_teacher(cfg.model)
-    updater = build_rnn(cfg.updater, cfg.model, teacher)
-    load_module(ref.join(UPDATER_FILE), updater, device)
-    updater.eval()
-    return updater, manifest
-
-
-def describe(manifest: Manifest) -> dict[str, Any]:
-    """Short summary for logs and the CLI."""
-    return {"hash": manifest.hash[:16], **manifest.stats}
 
 
 # ----------------------------------------------------------------------------- training
@@ -108,8 +54,6 @@ def teacher_stage(tokens_url: str, cfg: TeacherTrainConfig, root: str) -> Artifa
     the memory m_t sees a full context (left-padded only at a real document start).
     """
     tokens_ref, _ = open_artifact(tokens_url, "tokens")
-    config = cfg.model_dump(mode="json")
-    parents = {"tokens": tokens_ref.hash}
     ref = plan_teacher(tokens_url=tokens_url, cfg=cfg, root=root)  # the flow's cache key, same address
     if is_complete(ref.url):
         return ref
@@ -153,49 +97,41 @@ def teacher_stage(tokens_url: str, cfg: TeacherTrainConfig, root: str) -> Artifa
         batches,
         cfg.run,
         cfg.optim,
-        checkpoint_url=ref.join(CHECKPOINT_DIR),
+        checkpoints=Checkpoints(ref.join(CHECKPOINT_DIR)),
         device=device,
         generators={"loss": generator},
         name="teacher",
     )
     result = loop.run()
     if ctx.is_main:
-        _publish(ref, config, parents, teacher, updater, result, tokens, device)
+        _publish(ref, teacher, updater, result, tokens, device)
     ctx.barrier()
     return ref
 
 
 def _publish(
     ref: ArtifactRef,
-    config: dict[str, Any],
-    parents: dict[str, str],
     teacher: nn.Module,
     updater: nn.Module,
     result: LoopResult,
     tokens: TokensArtifact,
     device: torch.device,
 ) -> None:
-    """Write weights and metrics, then the manifest (last), then drop the checkpoint."""
+    """Score the trained teacher on held-out data, then publish it (store/teacher.py)."""
     head = getattr(updater, "readout_head", None)
     if head is not None and hasattr(head, "decoder"):
         # the updater's readout was copied from the *initial* decoder; give it the trained one
         head.decoder.load_state_dict(teacher.decoder.state_dict())  # type: ignore[attr-defined]
     teacher.eval()
-    test = test_dec0(teacher, tokens, device)
-    save_module(ref.join(TEACHER_FILE), teacher)
-    save_module(ref.join(UPDATER_FILE), updater)
-    write_training_log(ref, result.metrics)
     stats = {
         "steps": result.step,
         "seconds": result.seconds,
         "stopped": result.stopped,
         "torch_threads": result.threads,
         **{f"final_{k}": result.last(k) for k in ("loss", "dec", "dec0", "dyn", "unif") if result.metrics},
-        **test,
+        **test_dec0(teacher, tokens, device),
     }
-    counts = {"parameters": sum(p.numel() for p in teacher.parameters())}
-    publish_manifest(ref, config, parents, counts=counts, stats=stats)
-    remove_checkpoints(ref.join(CHECKPOINT_DIR))
+    publish_teacher(ref, teacher, updater, result.metrics, stats)
 
 
 @torch.no_grad()
@@ -208,7 +144,7 @@ def test_dec0(
 ) -> dict[str, float]:
     """L_dec0 (nats and bits per token) on `positions` anchors of the test split, full contexts.
 
-    This is the ceiling an RNN reading the teacher's memory can approach (SPEC.md section 7).
+    This is the ceiling an RNN reading the teacher's memory can approach (docs/method.md section 7).
     Returns {} when the tokens artifact has no test documents.
     """
     if tokens.doc_ids(SPLIT_TEST).size == 0:

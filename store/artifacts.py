@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
@@ -21,6 +21,7 @@ from schemas.config import SCHEMA_VERSION
 from schemas.manifest import Manifest, artifact_hash, package_versions, sha256_bytes
 
 MANIFEST = "manifest.json"
+CHECKPOINT_DIR = "_checkpoint"  # inside an unfinished artifact (a `_` work dir); removed once published
 TMP_MARK = ".tmp-"  # write_bytes_atomic's temporary names: {path}.tmp-{uuid}
 
 
@@ -62,11 +63,17 @@ def manifest_problems(url: str, manifest: Manifest) -> list[str]:
 
 @dataclass(frozen=True)
 class ArtifactRef:
-    """What stages pass to each other: where an artifact lives and what it is."""
+    """What stages pass to each other: where an artifact lives and what it is.
+
+    A ref made by `plan_artifact` (a plan) also carries the config and parents its hash was computed
+    from: the stage publishes exactly those (`ref.config`, `ref.parents`) instead of rebuilding them,
+    and `publish_manifest` re-hashes whatever it is given and refuses a mismatch."""
 
     url: str
     hash: str
     kind: str
+    config: dict[str, Any] | None = field(default=None, compare=False, hash=False, repr=False)
+    parents: dict[str, str] | None = field(default=None, compare=False, hash=False, repr=False)
 
     def join(self, *parts: str) -> str:
         return "/".join([self.url.rstrip("/"), *parts])
@@ -80,7 +87,7 @@ def artifact_url(root: str, kind: str, digest: str) -> str:
 def plan_artifact(root: str, kind: str, config: dict[str, Any], parents: dict[str, str]) -> ArtifactRef:
     """Compute the content address of an artifact before building it."""
     digest = artifact_hash(kind, config, parents)
-    return ArtifactRef(url=artifact_url(root, kind, digest), hash=digest, kind=kind)
+    return ArtifactRef(url=artifact_url(root, kind, digest), hash=digest, kind=kind, config=config, parents=parents)
 
 
 def write_bytes_atomic(url: str, data: bytes) -> None:
@@ -151,10 +158,17 @@ def publish_manifest(
     checksums: dict[str, str] | None = None,
     stats: dict[str, Any] | None = None,
 ) -> Manifest:
-    """Write the manifest last: after this call the artifact is complete and valid.
+    """Write the manifest last: after this call the artifact is complete and valid. `config` and
+    `parents` must hash to `ref.hash` (pass the plan's own: `ref.config`, `ref.parents`).
 
     checksums=None records the sha256 of every published file (`artifact_files`), so `smt verify`
     can check any artifact kind; stray temporaries of interrupted writes are removed first."""
+    published = artifact_hash(ref.kind, config, parents)
+    if published != ref.hash:
+        raise ArtifactError(
+            f"{ref.url}: refusing to publish a manifest whose config and parents hash to {published[:16]}, "
+            f"not to the planned address {ref.hash[:16]} (the stage and its plan disagree: lineage would drift)"
+        )
     remove_stray_temporaries(ref.url)
     if checksums is None:
         checksums = {name: file_checksum(ref.join(name)) for name in artifact_files(ref.url)}

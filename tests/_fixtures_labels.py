@@ -15,8 +15,8 @@ import torch
 
 from models.build import build_teacher
 from schemas.config import BeamConfig, LabelSpec, TeacherModelConfig, TeacherTrainConfig, TokensConfig
-from stages.teacher import TEACHER_FILE
 from store.artifacts import ArtifactRef, plan_artifact, publish_manifest
+from store.teacher import TEACHER_FILE
 from store.tokens import build_tokens_artifact
 from store.weights import save_module
 
@@ -51,7 +51,7 @@ def make_tokens(root: str, num_docs: int = 24, seed: int = 0) -> ArtifactRef:
 
 
 def make_teacher(root: str, tokens: ArtifactRef, model: TeacherModelConfig = TINY_MODEL, seed: int = 0) -> ArtifactRef:
-    """Publish a random teacher in the teacher artifact layout (stages/teacher.py)."""
+    """Publish a random teacher in the teacher artifact layout (store/teacher.py)."""
     config = TeacherTrainConfig(model=model).model_dump(mode="json")
     config["run"]["seed"] = seed  # different seeds -> different teacher hashes
     parents = {"tokens": tokens.hash}

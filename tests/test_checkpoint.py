@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from schemas.config import OptimConfig, RunConfig
+from store import checkpoints as ckpt
 from store.weights import load_tensors
-from training import checkpoint as ckpt
+from training import rng
 from training.loop import TrainLoop, WarmupSchedule, resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +57,8 @@ def _train(ckpt_dir: str, steps: int, kill_at: int | None = None) -> dict[str, t
 
     run = RunConfig(steps=steps, batch_size=8, device="cpu", log_every=3, checkpoint_every=4)
     optim = OptimConfig(lr=1e-2, warmup_frac=0.25, schedule="cosine")
-    loop = TrainLoop({"net": model}, loss_fn, batches, run, optim, ckpt_dir, generators={"noise": noise})
+    checkpoints = ckpt.Checkpoints(ckpt_dir)
+    loop = TrainLoop({"net": model}, loss_fn, batches, run, optim, checkpoints, generators={"noise": noise})
     try:
         loop.run()
     except _Killed:
@@ -85,10 +87,10 @@ def test_encode_decode_round_trip() -> None:
 
 def test_rng_capture_restore() -> None:
     g = torch.Generator().manual_seed(5)
-    state = ckpt.capture_rng({"g": g})
+    state = rng.capture_rng({"g": g})
     first = (torch.rand(3), np.random.rand(3), torch.rand(2, generator=g))
     skeleton, tensors = ckpt.encode(state)
-    ckpt.restore_rng(ckpt.decode(json.loads(json.dumps(skeleton)), tensors), {"g": g})
+    rng.restore_rng(ckpt.decode(json.loads(json.dumps(skeleton)), tensors), {"g": g})
     again = (torch.rand(3), np.random.rand(3), torch.rand(2, generator=g))
     assert first[0].equal(again[0]) and np.array_equal(first[1], again[1]) and first[2].equal(again[2])
 

@@ -174,7 +174,7 @@ def test_verify_checks_rnn_artifacts(label_env, tmp_path):
     flip_byte(rnn / "rnn.safetensors")
     code, out = run_cli("verify", str(rnn))
     assert code == 1 and "rnn.safetensors checksum mismatch" in out, out
-    from stages.rnn_io import load_rnn
+    from store.rnn import load_rnn
 
     with pytest.raises(IntegrityError, match="rnn.safetensors checksum mismatch"):  # DMT / evaluation refuse it
         load_rnn(str(rnn))
@@ -266,3 +266,20 @@ def test_verify_reads_off_is_what_zarr_does(label_env, tmp_path, monkeypatch):
     tokens, teacher = (str(root / Path(r.url).name) for r in (label_env.tokens, label_env.teacher))
     assert materialize_labels(tokens, teacher, TINY_SPEC, IN_MEMORY, str(root)).url == str(store)  # as found
     assert not (store / "data.zarr/memory/c/5/0/0").exists()
+
+
+def test_publish_refuses_a_config_its_plan_did_not_hash(tmp_path):
+    """A stage publishing other config or parents than its plan hashed would put an artifact under an
+    address that does not describe it (lineage drift): publish refuses and writes no manifest."""
+    from store.artifacts import ArtifactError, is_complete, plan_artifact, publish_manifest
+
+    ref = plan_artifact(str(tmp_path), "report", {"name": "x"}, {"evaluation": "ab" * 32})
+    Path(ref.url).mkdir()
+    (Path(ref.url) / "report.md").write_text("# x\n")
+    with pytest.raises(ArtifactError, match="planned address"):
+        publish_manifest(ref, {"name": "y"}, ref.parents)
+    with pytest.raises(ArtifactError, match="planned address"):
+        publish_manifest(ref, ref.config, {"evaluation": "cd" * 32})
+    assert not is_complete(ref.url)
+    publish_manifest(ref, ref.config, ref.parents)
+    assert is_complete(ref.url)

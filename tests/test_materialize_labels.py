@@ -25,10 +25,10 @@ from pipelines.options import runner_flags
 from schemas.config import BeamConfig, LabelSpec
 from schemas.layout import LABEL_INDEX_SCHEMA, LABEL_UNITS_DIR
 from stages.labels import dry_run, labels_stage
-from stages.plans import plan_labels
-from stages.teacher import load_teacher
 from store.artifacts import read_manifest
 from store.labels import LabelStore
+from store.plans import plan_labels
+from store.teacher import load_teacher
 from store.tokens import TokensArtifact
 
 
@@ -233,5 +233,5 @@ def test_project_packages_for_cluster_workers(tmp_path):
     sdist = Stager._build_setup_package(setup_file, str(tmp_path))
     names = tarfile.open(sdist).getnames()
     for module in ("pipelines/materialize_labels.py", "pipelines/label_units.py", "models/teacher.py",
-                   "store/label_layout.py", "schemas/config.py", "training/windows.py", "stages/teacher.py"):
+                   "store/label_layout.py", "schemas/config.py", "training/windows.py", "store/teacher.py"):
         assert any(n.endswith(module) for n in names), module

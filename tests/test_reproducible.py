@@ -18,8 +18,8 @@ from _fixtures_training import BPTT_CFG, DISTILL_CFG, GRU, TRANSFORMER, build_ch
 
 from stages.bptt import bptt_stage
 from stages.distill import distill_stage
-from stages.teacher import load_teacher
 from store.labels import LabelStore
+from store.teacher import load_teacher
 
 BURN = "import time\nt = time.time() + 120\nwhile time.time() < t: sum(i * i for i in range(10_000))\n"
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from models.build import build_rnn, build_teacher
-from models.rnn import RNN_KINDS
 from schemas.config import RNNConfig, TeacherModelConfig
+from schemas.registry import RNN_VARIANTS as RNN_KINDS
 
 V, K, D = 9, 4, 8
 TCFG = TeacherModelConfig(
@@ -172,3 +172,21 @@ def test_seeded_build_is_not_shifted_by_unseeded_builds_in_other_threads():
         for w in workers:
             w.join()
     assert all(torch.equal(b[k], reference[k]) for b in built for k in reference)
+
+
+def test_registry_is_what_the_config_accepts_and_every_entry_builds():
+    """schemas/registry.py is the one list: the config allows exactly its names, each resolves."""
+    import typing
+
+    from models.rnn import RNN
+    from schemas.config import RNNConfig, SourceKind
+    from schemas.registry import SOURCES, resolve
+
+    assert set(typing.get_args(RNNConfig.model_fields["kind"].annotation)) == set(RNN_KINDS)
+    assert set(typing.get_args(SourceKind)) == set(SOURCES)
+    for path in RNN_KINDS.values():
+        assert issubclass(resolve(path), RNN), path
+    for path in SOURCES.values():
+        assert callable(resolve(path)), path
+    with pytest.raises(ValueError, match="kind"):
+        RNNConfig(kind="not_registered")

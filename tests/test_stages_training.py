@@ -29,17 +29,12 @@ from _fixtures_training import (
 from stages.bptt import bptt_stage
 from stages.distill import distill_stage
 from stages.dmt import dmt_stage
-from stages.eval_render import decode_text, is_byte_text, is_pixel_data, plot_images, read_loss_figure
 from stages.evaluate import evaluate_stage
-from stages.rnn_io import load_rnn
-from stages.teacher import (
-    TeacherQualityError,
-    load_reference_updater,
-    load_teacher,
-    require_useful_teacher,
-    teacher_stage,
-)
+from stages.teacher import TeacherQualityError, require_useful_teacher, teacher_stage
 from store.artifacts import ArtifactError, read_manifest
+from store.evaluation import decode_text, is_byte_text, is_pixel_data, plot_images, read_loss_figure
+from store.rnn import load_rnn
+from store.teacher import load_reference_updater, load_teacher
 from training import loop as loop_mod
 from training.evaluation import unigram_bits
 from training.flops import student_training_flops
@@ -247,8 +242,8 @@ def test_evaluation_that_would_score_nothing_is_refused(chain: Chain, rnns: dict
 
 def test_distilled_rnn_starts_from_the_teachers_empty_memory(chain: Chain, rnns: dict[str, str]) -> None:
     """m_{-1} of an SMT student is the teacher's memory of an empty context, not a random vector."""
-    from stages.rnn_io import load_rnn
-    from stages.teacher import load_teacher
+    from store.rnn import load_rnn
+    from store.teacher import load_teacher
 
     teacher, _ = load_teacher(chain.teacher.url)
     rnn, _ = load_rnn(rnns["gru/smt"], "cpu")

@@ -308,7 +308,7 @@ def test_anchors_reach_the_last_position():
     import numpy as np
 
     from schemas.config import TokensConfig
-    from stages.crops import DocumentCrops
+    from store.crops import DocumentCrops
     from store.tokens import TokensArtifact, build_tokens_artifact
     from training.steps import sample_anchors
 

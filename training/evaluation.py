@@ -1,4 +1,4 @@
-"""Read and write evaluation of an RNN, and the teacher's ceiling L_dec0 (SPEC.md section 7).
+"""Read and write evaluation of an RNN, and the teacher's ceiling L_dec0 (docs/method.md section 7).
 
 All functions run under `torch.no_grad()`. Losses are in nats (divide by ln 2 for bits per token).
 """

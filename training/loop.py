@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -26,8 +26,8 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from models.build import GLOBAL_RNG_LOCK
 from schemas.config import OptimConfig, RunConfig
-from training import checkpoint as ckpt
 from training import distributed as distributed_mod
+from training import rng
 from training.distributed import DistContext, LossModule
 from training.stopping import StopRequested, stop_requested
 
@@ -49,7 +49,7 @@ def resolve_device(spec: str = "auto") -> torch.device:
 
 
 def build_optimizer(params: list[nn.Parameter], cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over every trainable parameter with one weight decay, as published (SPEC.md section 4)."""
+    """AdamW over every trainable parameter with one weight decay, as published (docs/method.md section 4)."""
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: no parameter requires grad")
@@ -118,6 +118,16 @@ def to_device(batch: Any, device: torch.device) -> Any:
 # ----------------------------------------------------------------------------- the loop
 
 
+class CheckpointStore(Protocol):
+    """Where the loop's checkpoints live (store/checkpoints.py `Checkpoints`)."""
+
+    def exists(self) -> bool: ...
+
+    def load(self) -> tuple[int, dict[str, Any]]: ...
+
+    def save(self, step: int, state: dict[str, Any]) -> None: ...
+
+
 @dataclass
 class LoopResult:
     """What a finished (or budget-stopped) run reports back to its stage."""
@@ -142,7 +152,8 @@ class TrainLoop:
     modules: trained modules by name (their state dicts are checkpointed under those names).
     loss_fn: batch -> dict with 'loss' (backpropagated) and other scalar tensors (logged as means).
     batches: start_step -> iterator of batches (CPU or device tensors, moved here).
-    checkpoint_url: directory for resumable checkpoints; None disables them.
+    checkpoints: where resumable checkpoints go (store/checkpoints.py `Checkpoints`: exists, load, save);
+        None disables them. The loop itself does no I/O.
     items_per_step: transitions / tokens per step per rank, for the throughput column.
     generators: torch.Generators used inside loss_fn, checkpointed with the RNG.
     """
@@ -154,7 +165,7 @@ class TrainLoop:
         batches: BatchStream,
         run: RunConfig,
         optim: OptimConfig,
-        checkpoint_url: str | None = None,
+        checkpoints: CheckpointStore | None = None,
         device: torch.device | None = None,
         items_per_step: int | None = None,
         generators: dict[str, torch.Generator] | None = None,
@@ -166,7 +177,7 @@ class TrainLoop:
         self.modules = modules
         self.run_cfg, self.optim_cfg = run, optim
         self.batches = batches
-        self.checkpoint_url = checkpoint_url
+        self.checkpoints = checkpoints
         self.items_per_step = items_per_step or run.batch_size
         self.generators = generators or {}
         self.max_seconds = max_seconds if max_seconds is not None else run.max_seconds
@@ -193,7 +204,7 @@ class TrainLoop:
             "modules": {k: m.state_dict() for k, m in self.modules.items()},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": self.ctx.gather_objects(ckpt.capture_rng(self.generators)),
+            "rng": self.ctx.gather_objects(rng.capture_rng(self.generators)),
             "loop": {
                 "step": self.step,
                 "elapsed": self.elapsed,
@@ -214,21 +225,21 @@ class TrainLoop:
         self.metrics, self._sums, self._count = list(loop["metrics"]), dict(loop["sums"]), int(loop["count"])
         rngs = state["rng"]
         if len(rngs) == self.ctx.world_size:
-            ckpt.restore_rng(rngs[self.ctx.rank], self.generators)
+            rng.restore_rng(rngs[self.ctx.rank], self.generators)
         else:  # resumed on a different world size: continue reproducibly, not identically
             with GLOBAL_RNG_LOCK:
                 torch.manual_seed(distributed_mod.rank_seed(self.run_cfg.seed, self.ctx.rank, "resume", self.step))
 
     def save(self) -> None:
         state = self.state()  # every rank takes part (RNG gather); only rank 0 writes
-        if self.checkpoint_url is not None and self.ctx.is_main:
-            ckpt.save_checkpoint(self.checkpoint_url, self.step, state)
+        if self.checkpoints is not None and self.ctx.is_main:
+            self.checkpoints.save(self.step, state)
         self.ctx.barrier()
 
     def try_resume(self) -> int | None:
-        if self.checkpoint_url is None or not ckpt.has_checkpoint(self.checkpoint_url):
+        if self.checkpoints is None or not self.checkpoints.exists():
             return None
-        step, state = ckpt.load_checkpoint(self.checkpoint_url)
+        step, state = self.checkpoints.load()
         self.load_state(state)
         return step
 

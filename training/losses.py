@@ -1,4 +1,4 @@
-"""The SMT objectives (SPEC.md section 4): decoding, dynamics, uniformity, plus masked cross-entropy.
+"""The SMT objectives (docs/method.md section 4): decoding, dynamics, uniformity, plus masked cross-entropy.
 
 All losses return scalar tensors; targets equal to -1 are ignored, and a batch with no valid target gives
 an exact zero that still carries the graph (so `backward()` never fails on an unlucky batch).

@@ -1,4 +1,4 @@
-"""One optimisation step's losses for each training mode (SPEC.md section 6), as pure functions.
+"""One optimisation step's losses for each training mode (docs/method.md section 6), as pure functions.
 
 Each returns a dict of scalar tensors with the total under 'loss'; the caller owns backward, clipping and
 the optimiser. Indexing follows docs/architecture.md: `m_t` is the memory after reading x_t,

@@ -13,19 +13,19 @@ Directory layout (any fsspec URL):
 
 `latest.json` is replaced atomically after both files exist, so a kill at any moment leaves either
 the previous checkpoint or the new one readable, never half of one. Older checkpoints are removed.
+The RNG states a checkpoint carries are captured and restored by training/rng.py.
 """
 
 from __future__ import annotations
 
 import json
-import random
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from fsspec.core import url_to_fs
 
-from models.build import GLOBAL_RNG_LOCK
 from store.artifacts import exists, read_bytes, write_bytes_atomic
 from store.weights import load_tensors, tensors_to_bytes
 
@@ -89,47 +89,6 @@ def decode(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return walk(skeleton)
 
 
-# ----------------------------------------------------------------------------- RNG states
-
-
-def capture_rng(generators: dict[str, torch.Generator] | None = None) -> dict[str, Any]:
-    """Every random stream a training step may touch: torch CPU/CUDA, numpy and python globals,
-    plus named `torch.Generator`s the loop owns."""
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "key": np_state[0],
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "gauss": float(np_state[4]),
-            "state": np.asarray(np_state[1], dtype=np.uint32),
-        },
-        "python": random.getstate(),
-        "generators": {k: g.get_state() for k, g in (generators or {}).items()},
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = list(torch.cuda.get_rng_state_all())
-    return state
-
-
-def restore_rng(state: dict[str, Any], generators: dict[str, torch.Generator] | None = None) -> None:
-    """Put every stream captured by `capture_rng` back exactly (the global torch stream under the lock
-    builds hold, so a resume never lands inside another thread's seeded build)."""
-    with GLOBAL_RNG_LOCK:
-        torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["key"], n["state"], n["pos"], n["has_gauss"], n["gauss"]))
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    for name, g in (generators or {}).items():
-        if name not in state["generators"]:
-            raise KeyError(f"checkpoint has no state for generator '{name}'")
-        g.set_state(state["generators"][name])
-
-
 # ----------------------------------------------------------------------------- save / load
 
 
@@ -179,3 +138,19 @@ def remove_checkpoints(url: str) -> None:
     fs, path = url_to_fs(url)
     if fs.exists(path):
         fs.rm(path, recursive=True)
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    """One stage's checkpoint directory, as the training loop uses it (training/ does no I/O itself)."""
+
+    url: str
+
+    def exists(self) -> bool:
+        return has_checkpoint(self.url)
+
+    def load(self) -> tuple[int, dict[str, Any]]:
+        return load_checkpoint(self.url)
+
+    def save(self, step: int, state: dict[str, Any]) -> None:
+        save_checkpoint(self.url, step, state)

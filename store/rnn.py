@@ -6,7 +6,7 @@ Layout (kind "rnn"):
                 /rnn.json          {"stage", "variant": RNNConfig, "teacher_model": TeacherModelConfig}
                 /metrics.parquet   training log (step, loss terms, lr, grad_norm: same bytes every run)
                 /timings.parquet   step, seconds, items_per_s (the clock: store/training_log.py)
-                /manifest.json     written last; config = the stage's plan config (stages/plans.py)
+                /manifest.json     written last; config = the stage's plan config (store/plans.py)
 
 `rnn.json` is everything needed to rebuild the module without the teacher artifact (build_rnn with
 teacher=None makes a same-shaped readout, then the weights are loaded), so evaluation and serving
@@ -24,16 +24,15 @@ from models.build import build_rnn
 from models.rnn import RNN
 from schemas.config import RNNConfig, TeacherModelConfig
 from schemas.manifest import Manifest
-from store.artifacts import ArtifactError, ArtifactRef, open_artifact, publish_manifest
+from store.artifacts import CHECKPOINT_DIR, ArtifactError, ArtifactRef, open_artifact, publish_manifest
+from store.checkpoints import remove_checkpoints
 from store.integrity import check_recorded_file
 from store.training_log import write_training_log
 from store.weights import load_json, load_module, save_json, save_module
-from training.checkpoint import remove_checkpoints
 from training.loop import LoopResult
 
 RNN_FILE = "rnn.safetensors"
 RNN_JSON = "rnn.json"
-CHECKPOINT_DIR = "_checkpoint"
 STAGE_MODE = {"distill": "smt", "dmt": "smt+dmt", "bptt": "bptt"}  # manifest config 'stage' -> report label
 
 
@@ -60,17 +59,16 @@ def mode_of(manifest: Manifest) -> str:
 
 def publish_rnn(
     ref: ArtifactRef,
-    config: dict[str, Any],
-    parents: dict[str, str],
     rnn: RNN,
     teacher_model: TeacherModelConfig,
     result: LoopResult,
     stats: dict[str, Any],
 ) -> Manifest:
-    """Write weights, recipe and metrics, then the manifest (last), then drop the checkpoint."""
+    """Write weights, recipe and metrics, then the manifest (last: the plan's own config and parents,
+    see store/artifacts.py), then drop the checkpoint."""
     save_module(ref.join(RNN_FILE), rnn)
     recipe = {
-        "stage": config.get("stage"),
+        "stage": ref.config.get("stage"),
         "variant": rnn.cfg.model_dump(mode="json"),
         "teacher_model": teacher_model.model_dump(mode="json"),
     }
@@ -89,7 +87,7 @@ def publish_rnn(
         "parameters": count_parameters(rnn),
         "updater_parameters": sum(p.numel() for p in rnn.updater_parameters()),
     }
-    manifest = publish_manifest(ref, config, parents, counts=counts, stats={**base, **stats})
+    manifest = publish_manifest(ref, ref.config, ref.parents, counts=counts, stats={**base, **stats})
     remove_checkpoints(ref.join(CHECKPOINT_DIR))
     return manifest
 

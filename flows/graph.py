@@ -1,0 +1,132 @@
+"""The pipeline's stage graph, declared once: which stage runs after which, with what, under which role.
+
+    tokens -> teacher -> (quality gate) -> labels (Beam) -> per variant: distill -> DMT, BPTT -> evaluate
+
+`run_graph` walks it with an `Executor`: the Prefect flow's submits each stage as a task
+(flows/smt_pipeline.py), the local one calls it in this process (flows/local.py, the CLI's
+single-stage commands). Both therefore run the same stages in the same order under the same role
+names, thread counts and BPTT budgets; only how a stage is executed differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from schemas.config import PipelineConfig, RNNConfig
+from stages.bptt import bptt_stage, budget_inputs
+from stages.distill import distill_stage
+from stages.dmt import dmt_stage
+from stages.evaluate import evaluate_stage
+from stages.labels import labels_stage
+from stages.teacher import require_useful_teacher, teacher_stage
+from stages.tokens import tokens_stage
+from store import plans
+from store.artifacts import ArtifactRef
+from training.threads import threads_for
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One node: its name, the function that builds its artifact, and the plan that addresses it
+    (same keyword arguments; the address is known before the stage runs, see store/plans.py)."""
+
+    name: str
+    run: Callable[..., ArtifactRef]
+    plan: Callable[..., ArtifactRef]
+    per_variant: bool = False  # one task per RNN variant (they train at once in the flow)
+
+
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        Stage("tokens", tokens_stage, plans.plan_tokens),
+        Stage("teacher", teacher_stage, plans.plan_teacher),
+        Stage("labels", labels_stage, plans.plan_labels),
+        Stage("distill", distill_stage, plans.plan_distill, per_variant=True),
+        Stage("dmt", dmt_stage, plans.plan_dmt, per_variant=True),
+        Stage("bptt", bptt_stage, plans.plan_bptt, per_variant=True),
+        Stage("evaluate", evaluate_stage, plans.plan_evaluate),
+    )
+}
+ORDER = tuple(STAGES)
+STUDENT_ROLES = {"distill": "smt", "dmt": "smt+dmt", "bptt": "bptt"}  # role = f"{variant.label}/{mode}"
+
+
+class Executor(Protocol):
+    """How a stage is run: `submit` may return at once (a future), `result` waits for its ref."""
+
+    def submit(self, stage: Stage, variant: RNNConfig | None, threads: int, params: dict[str, Any]) -> Any: ...
+
+    def result(self, handle: Any) -> ArtifactRef: ...
+
+
+def role_of(stage: str, variant: RNNConfig | None = None) -> str:
+    """The name an artifact has in a run's lineage and report: `tokens`, `gru/smt+dmt`, `evaluation`."""
+    if variant is not None:
+        return f"{variant.label}/{STUDENT_ROLES[stage]}"
+    return "evaluation" if stage == "evaluate" else stage
+
+
+def run_graph(
+    cfg: PipelineConfig,
+    executor: Executor,
+    last: str = "evaluate",
+    variants: list[RNNConfig] | None = None,
+    log: Callable[[str], None] = lambda line: None,
+) -> dict[str, ArtifactRef]:
+    """Build every artifact up to stage `last` (inclusive) for `variants` (default: all); returns role -> ref.
+
+    Threads per task come from the config and the number of variants in it, never from the subset
+    chosen or the machine's load, so any subset run one by one gives the flow's bytes."""
+    if last not in STAGES:
+        raise ValueError(f"unknown stage '{last}', expected one of {', '.join(ORDER)}")
+    wanted = ORDER[: ORDER.index(last) + 1]
+    variants = list(cfg.variants) if variants is None else variants
+    root = cfg.root
+    refs: dict[str, ArtifactRef] = {}
+
+    def submit(name: str, of: RNNConfig | None = None, **params: Any) -> Any:  # of: the variant, if per variant
+        threads = threads_for(cfg.threads, name, len(cfg.variants))
+        return executor.submit(STAGES[name], of, threads, {**params, "root": root})
+
+    def done(name: str, handle: Any, variant: RNNConfig | None = None) -> ArtifactRef:
+        ref = refs[role_of(name, variant)] = executor.result(handle)
+        log(f"{role_of(name, variant)}: {ref.url}")
+        return ref
+
+    tokens = done("tokens", submit("tokens", cfg=cfg.tokens))
+    if "teacher" not in wanted:
+        return refs
+    teacher = done("teacher", submit("teacher", tokens_url=tokens.url, cfg=cfg.teacher))
+    if "labels" not in wanted:
+        return refs
+    require_useful_teacher(teacher.url, tokens.url, cfg.teacher_margin_bits)  # before the expensive label job
+    labels = done("labels", submit(
+        "labels", tokens_url=tokens.url, teacher_url=teacher.url, spec=cfg.labels, beam=cfg.beam,
+        worker_threads=cfg.threads))
+    if "distill" not in wanted:
+        return refs
+
+    distilled = {v.label: submit("distill", v, labels_url=labels.url, teacher_url=teacher.url, variant=v,
+                                 cfg=cfg.distill) for v in variants}
+    students: list[tuple[str, RNNConfig, Any]] = []
+    for v in variants:
+        smt = done("distill", distilled[v.label], v)
+        if "dmt" in wanted:
+            students.append(("dmt", v, submit(
+                "dmt", v, rnn_url=smt.url, labels_url=labels.url, teacher_url=teacher.url, cfg=cfg.dmt)))
+        if "bptt" in wanted:
+            students.append(("bptt", v, submit(
+                "bptt", v, tokens_url=tokens.url, variant=v, teacher_url=teacher.url, cfg=cfg.bptt,
+                **budget_inputs(cfg, v, smt.url))))
+    for name, v, handle in students:
+        done(name, handle, v)
+
+    if "evaluate" in wanted:
+        rnn_urls = {role: ref.url for role, ref in refs.items() if ref.kind == "rnn"}
+        done("evaluate", submit(
+            "evaluate", rnn_urls=rnn_urls, tokens_url=tokens.url, teacher_url=teacher.url,
+            labels_url=labels.url, cfg=cfg.evaluate))
+    return refs

@@ -1,0 +1,35 @@
+"""Every pluggable component by name, in one place: adding one is a module plus one line here.
+
+The config's allowed values (schemas/config.py) are these keys. The values are import paths, resolved
+only when a component is built (`resolve`), so a config validates without importing torch.
+docs/extending.md walks through adding an RNN variant and a source.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+RNN_VARIANTS = {  # RNNConfig.kind -> a models.rnn.RNN subclass, built as cls(cfg, teacher_cfg, readout_head)
+    "transformer": "models.rnn:TransformerUpdater",
+    "gru": "models.rnn:GRUUpdater",
+    "lstm": "models.rnn:LSTMUpdater",
+    "mlp": "models.rnn:MLPUpdater",
+    "gated_linear": "models.rnn:GatedLinearUpdater",
+}
+
+SOURCES = {  # TokensConfig.source -> reader(cfg, stats) -> sources.read.DocumentSet
+    "synthetic": "sources.read:read_synthetic",
+    "mnist_idx": "sources.read:read_mnist_idx",
+    "text": "sources.read:read_text",
+    "jsonl": "sources.read:read_jsonl_text",
+    "parquet": "sources.read:read_parquet_text",
+    "npy": "sources.read:read_npy_tokens",
+    "sketch_idx": "sources.read:read_sketch_idx",
+}
+
+
+def resolve(path: str) -> Any:
+    """'package.module:attribute' -> the attribute (imports the module)."""
+    module, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module), attribute)
