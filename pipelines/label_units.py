@@ -99,13 +99,6 @@ def window_tokens(
     return x_out, y_out
 
 
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> the GPU when there is one, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def encode_windows(
     teacher: nn.Module, x: np.ndarray, y: np.ndarray, geometry: LabelGeometry, batch_size: int,
     device: torch.device,

@@ -359,11 +359,5 @@ def main(argv: list[str] | None = None) -> None:
     print(ref.url)
 
 
-def model_of(teacher_url: str) -> TeacherModelConfig:
-    """The teacher's model shape from its manifest alone (no weights loaded)."""
-    _, manifest = open_artifact(teacher_url, "teacher")
-    return teacher_config(manifest).model
-
-
 if __name__ == "__main__":
     main()

@@ -61,19 +61,6 @@ def read_metrics_per_position(
     return {"loss": loss_sum / denom, "accuracy": correct / denom, "count": count}
 
 
-def read_loss_per_position(
-    rnn: RNN,
-    x: Tensor,
-    y: Tensor,
-    start: str = "teacher",
-    teacher: Teacher | None = None,
-    prefix_len: int = 0,
-    steps: int | None = None,
-) -> Tensor:
-    """Mean read loss in nats per scored position, (N,); see `read_metrics_per_position`."""
-    return read_metrics_per_position(rnn, x, y, start, teacher, prefix_len, steps)["loss"]
-
-
 @torch.no_grad()
 def teacher_dec0(teacher: Teacher, x: Tensor, y: Tensor, batch_size: int = 1024) -> Tensor:
     """Mean L_dec0 (readout CE from the encoder memory m_t against y_t) over every scored position.
