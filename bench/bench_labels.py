@@ -32,13 +32,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.build import build_teacher  # noqa: E402
-from pipelines.label_units import resolve_device  # noqa: E402
 from pipelines.materialize_labels import materialize_labels  # noqa: E402
 from schemas.config import BeamConfig, LabelSpec, TeacherModelConfig, TeacherTrainConfig, TokensConfig  # noqa: E402
 from store.artifacts import plan_artifact, publish_manifest, read_manifest  # noqa: E402
 from store.teacher import TEACHER_FILE  # noqa: E402
 from store.tokens import build_tokens_artifact  # noqa: E402
 from store.weights import save_module  # noqa: E402
+from training.loop import resolve_device  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -40,7 +40,7 @@ import torch
 from fsspec.core import url_to_fs
 
 from pipelines.label_repair import complete_store_damage, recheck_finished_units, unpublish
-from pipelines.label_units import plan_windows, resolve_device, run_unit
+from pipelines.label_units import plan_windows, run_unit
 from pipelines.options import is_local_runner, pipeline_options
 from schemas.config import BeamConfig, LabelSpec, TeacherModelConfig
 from schemas.layout import INDEX_FILE, LABEL_INDEX_SCHEMA
@@ -70,6 +70,7 @@ from store.locks import artifact_lock
 from store.plans import plan_labels
 from store.teacher import TEACHER_FILE, teacher_config
 from store.tokens import TokensArtifact
+from training.loop import resolve_device
 from training.threads import available_cores
 
 log = logging.getLogger("smt.labels")
