@@ -122,6 +122,11 @@ class TokensConfig(StrictModel):
     text_column: str = Field("text", description="column / JSON key holding text (jsonl, parquet)")
     non_ascii: Literal["replace", "drop"] = Field("replace", description="bytes >= 128 -> '?' or removed")
     test_fraction: float = Field(0.05, ge=0, lt=1, description="documents held out for evaluation")
+    test_url: str | None = Field(
+        None, description="a separate held-out set read by the same source (MNIST t10k, a held-out book, a "
+        "test Parquet file): then every document of `url` trains, every one of `test_url` tests, and "
+        "test_fraction is not used"
+    )
     seed: int = Field(0, description="seed of synthetic data and of the split")
     max_docs: int | None = Field(None, ge=1, description="read at most this many documents")
     vocab_size: int | None = Field(
@@ -136,6 +141,8 @@ class TokensConfig(StrictModel):
     def _url_needed(self) -> TokensConfig:
         if self.source != "synthetic" and not self.url:
             raise ValueError(f"source '{self.source}' needs a url")
+        if self.source == "synthetic" and self.test_url:
+            raise ValueError("test_url is for file sources; synthetic tasks split by test_fraction")
         return self
 
 

@@ -25,6 +25,7 @@ SOURCES = {  # TokensConfig.source -> reader(cfg, stats) -> sources.read.Documen
     "jsonl": "sources.read:read_jsonl_text",
     "parquet": "sources.read:read_parquet_text",
     "npy": "sources.read:read_npy_tokens",
+    "npz_sequences": "sources.read:read_npz_sequences",  # inputs + targets (-1 / -100 unscored), e.g. MQAR
     "sketch_idx": "sources.read:read_sketch_idx",
 }
 

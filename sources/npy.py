@@ -76,3 +76,30 @@ def _documents(name: str, array: np.ndarray, vocab_size: int | None) -> Iterator
     else:
         for row, doc in enumerate(tokens):
             yield f"{name}[{row}]", doc
+
+
+UNSCORED = (-1, -100)  # -100 is torch's ignore_index, which external task generators (Zoology) write
+
+
+def read_labelled_npz(url: str, vocab_size: int | None = None) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, inputs, targets) per row of every `.npz` under `url` holding `inputs` and `targets` arrays
+    of the same shape (N, T) (or (T,) for one sequence): a supervised sequence task as users have it.
+    Targets -1 or -100 are unscored (stored as -1); every other value must lie in the vocabulary."""
+    for file_url in expand_urls(url):
+        arrays = dict(_arrays(file_url, read_url_bytes(file_url)))
+        inputs, targets = arrays.get(f"{file_url}:inputs"), arrays.get(f"{file_url}:targets")
+        if inputs is None or targets is None:
+            found = ", ".join(k.rsplit(":", 1)[-1] for k in arrays)
+            raise SourceError(f"{file_url}: expected arrays 'inputs' and 'targets' in the .npz, found: {found}")
+        if inputs.shape != targets.shape:
+            raise SourceError(f"{file_url}: inputs {inputs.shape} and targets {targets.shape} differ in shape")
+        if not np.issubdtype(targets.dtype, np.integer):
+            raise SourceError(f"{file_url}: targets have dtype {targets.dtype}, expected integers")
+        y = np.where(np.isin(targets, UNSCORED), -1, targets).astype(np.int64)
+        if y.size and (y.min() < -1 or (vocab_size is not None and y.max() >= vocab_size)):
+            bad = int(y.min()) if y.min() < -1 else int(y.max())
+            raise SourceError(f"{file_url}: target {bad} is neither unscored (-1, -100) nor in the vocabulary")
+        rows = list(_documents(f"{file_url}:inputs", inputs, vocab_size))
+        y_rows = [y] if y.ndim == 1 else list(y)
+        for (name, x), target in zip(rows, y_rows, strict=True):
+            yield name, x, target

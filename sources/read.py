@@ -18,7 +18,7 @@ from schemas.layout import NO_TARGET
 from schemas.registry import SOURCES, resolve
 from sources.errors import SourceError
 from sources.idx import PIXEL_VOCAB, image_pixel_sequences
-from sources.npy import read_npy
+from sources.npy import read_labelled_npz, read_npy
 from sources.sketch import SKETCH_VOCAB, sketch_sequences
 from sources.text import TEXT_VOCAB, AsciiFilter, read_jsonl, read_parquet, read_text_files
 
@@ -42,6 +42,27 @@ class DocumentSet:
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+    def joined(self, other: DocumentSet) -> DocumentSet:
+        """This set followed by `other` (e.g. a separate test set), vocabulary the larger of the two."""
+        n, m = len(self), len(other)
+
+        def targets(clean: bool) -> list[np.ndarray] | None:
+            own = self.targets is not None or other.targets is not None
+            if not own and not clean:
+                return None
+            if clean and self.clean_targets is None and other.clean_targets is None:
+                return None
+            return [self.target(i, clean) for i in range(n)] + [other.target(i, clean) for i in range(m)]
+
+        return DocumentSet(
+            tokens=self.tokens + other.tokens,
+            vocab_size=max(self.vocab_size, other.vocab_size),
+            sources=self.sources + other.sources,
+            targets=targets(False),
+            clean_targets=targets(True),
+            stats={**self.stats, "test_set": other.stats},
+        )
 
     @property
     def num_tokens(self) -> int:
@@ -111,6 +132,23 @@ def read_sketch_idx(cfg: TokensConfig, stats: dict[str, Any]) -> DocumentSet:
     stats["sketch_threshold"] = cfg.sketch_threshold
     docs = _named(cfg.url, sketch_sequences(cfg.url, cfg.sketch_threshold, cfg.max_docs))
     return _collect(docs, cfg, SKETCH_VOCAB, stats)
+
+
+def read_npz_sequences(cfg: TokensConfig, stats: dict[str, Any]) -> DocumentSet:
+    """Inputs with their own targets (`.npz` with `inputs` and `targets`), scored where targets say."""
+    if cfg.chunk_len is not None:
+        raise SourceError("tokens.chunk_len does not apply to npz_sequences: each row is one sequence")
+    rows = list(read_labelled_npz(cfg.url, cfg.vocab_size))
+    if cfg.max_docs is not None:
+        rows = rows[: cfg.max_docs]
+    docs = _collect(((name, x) for name, x, _ in rows), cfg, cfg.vocab_size, stats)
+    kept = {name for name in docs.sources}
+    docs.targets = [y for name, _, y in rows if name in kept]
+    if cfg.vocab_size is None and docs.targets:  # a target may be the largest id
+        docs.vocab_size = max(docs.vocab_size, max(int(y.max()) for y in docs.targets) + 1)
+    stats["vocab_size_from"] = "config" if cfg.vocab_size is not None else "max token + 1"
+    stats["scored_targets"] = int(sum((y >= 0).sum() for y in docs.targets))
+    return docs
 
 
 def read_npy_tokens(cfg: TokensConfig, stats: dict[str, Any]) -> DocumentSet:

@@ -83,7 +83,7 @@ def input_fingerprint(cfg: TokensConfig) -> str | None:
     if cfg.source == "synthetic":
         return None
     entries = []
-    for url in expand_urls(cfg.url or ""):
+    for url in [*expand_urls(cfg.url or ""), *(expand_urls(cfg.test_url) if cfg.test_url else [])]:
         fs, path = url_to_fs(url)
         info = fs.info(path)
         stamp = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
@@ -117,6 +117,18 @@ def _tokens_intact(url: str) -> bool:
     return not verify_reads() or not tokens_damage(url)  # SMT_VERIFY_READS=0 trusts what it finds
 
 
+def read_split_documents(cfg: TokensConfig) -> tuple[DocumentSet, np.ndarray]:
+    """The documents and which of them are held out (bool per document): a random `test_fraction` of
+    `url`, or, with `test_url`, exactly the documents of that separate set, used as they are."""
+    docs = read_documents(cfg)
+    if not cfg.test_url:
+        return docs, split_documents(len(docs), cfg.test_fraction, cfg.seed)
+    held_out = read_documents(cfg.model_copy(update={"url": cfg.test_url, "max_docs": None}))
+    joined = docs.joined(held_out)
+    joined.stats["test_url"] = cfg.test_url
+    return joined, np.arange(len(joined)) >= len(docs)
+
+
 @one_writer(plan_tokens_artifact, intact=_tokens_intact)
 def build_tokens_artifact(cfg: TokensConfig, root: str) -> ArtifactRef:
     """Read the documents of `cfg` and publish them as a tokens artifact under `root`.
@@ -136,9 +148,8 @@ def build_tokens_artifact(cfg: TokensConfig, root: str) -> ArtifactRef:
     if fs.exists(path):
         fs.rm(path, recursive=True)
 
-    docs = read_documents(cfg)
+    docs, is_test = read_split_documents(cfg)
     _check_int16(docs)
-    is_test = split_documents(len(docs), cfg.test_fraction, cfg.seed)
     lengths = np.array([len(t) for t in docs.tokens], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     ys = [docs.target(i, clean=bool(is_test[i])) for i in range(len(docs))]
