@@ -66,6 +66,61 @@ def _flag_below_ceiling(rows: list[dict[str, Any]], ceiling: float | None) -> li
     return flagged
 
 
+def compute_rows(lineage: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
+    """Training FLOPs per variant (counted from the shapes, training/flops.py): the SMT+DMT student alone,
+    its BPTT baseline (budgeted to the student), and the student with the teacher and the label job, whole
+    or shared over the variants trained from this store; `pays_off_from` is the number of variants from
+    which that shared cost per variant is below the student's own."""
+    stats = {role: read_manifest(ref["url"]).stats for role, ref in lineage.items()}
+    shared = _teacher_flops(lineage) + _label_flops(lineage)
+    variants = sorted({role.split("/")[0] for role in lineage if role.endswith("/smt")})
+    rows = []
+    for v in variants:
+        student = stats[f"{v}/smt"].get("train_flops", 0) + stats.get(f"{v}/smt+dmt", {}).get("train_flops", 0)
+        rows.append({
+            "variant": v,
+            "student_TFLOP": student / 1e12,
+            "bptt_TFLOP": stats.get(f"{v}/bptt", {}).get("train_flops", 0) / 1e12,
+            "with_teacher_and_labels_TFLOP": (student + shared) / 1e12,
+            f"shared_over_{len(variants)}_TFLOP": (student + shared / len(variants)) / 1e12,
+            "pays_off_from": math.ceil(shared / student) if student else None,
+        })
+    return rows
+
+
+def _teacher_flops(lineage: dict[str, dict[str, str]]) -> int:
+    from store.teacher import teacher_config
+    from training.flops import teacher_training_flops
+
+    manifest = read_manifest(lineage["teacher"]["url"], "teacher")
+    if "train_flops" in manifest.stats:
+        return int(manifest.stats["train_flops"])
+    return teacher_training_flops(teacher_config(manifest))  # teachers published before it was recorded
+
+
+def _label_flops(lineage: dict[str, dict[str, str]]) -> int:
+    from store.teacher import teacher_config
+    from training.flops import label_flops
+
+    labels = read_manifest(lineage["labels"]["url"], "labels")
+    model = teacher_config(read_manifest(lineage["teacher"]["url"], "teacher")).model
+    return label_flops(model, int(labels.counts["labels"]))
+
+
+def compute_section(lineage: dict[str, dict[str, str]]) -> str:
+    if not {"teacher", "labels"} <= set(lineage) or not any(r.endswith("/smt") for r in lineage):
+        return ""
+    rows = compute_rows(lineage)
+    shared = (_teacher_flops(lineage) + _label_flops(lineage)) / 1e12
+    return (
+        "## Compute\n\n"
+        f"Training FLOPs counted from the shapes (training/flops.py). The teacher and the label job cost "
+        f"{shared:.4g} TFLOP once, for every variant trained from this label store; the BPTT baseline gets "
+        "the student's own budget. `pays_off_from`: from that many variants on one store, the shared cost "
+        "per variant is below the student's own training cost.\n\n" + _table_markdown(rows)
+    )
+
+
 def _listing(url: str, suffix: str) -> list[str]:
     fs, path = url_to_fs(url)
     return sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if p.endswith(suffix))
@@ -89,6 +144,7 @@ def build_markdown(evaluation_url: str, lineage: dict[str, dict[str, str]], name
     parts.append("## SMT, SMT+DMT and BPTT side by side\n")
     parts.append(_table_markdown(_flag_below_ceiling(summary_rows(evaluation_url), ceiling)))
     parts.append("Bits are per scored token; `-` marks a span of positions where the task scores nothing.\n")
+    parts.append(compute_section(lineage))
     plots = _listing(evaluation_url, ".png")
     if plots:
         parts.append("## Plots\n")

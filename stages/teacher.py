@@ -33,6 +33,7 @@ from store.teacher import publish_teacher, teacher_config
 from store.tokens import TokensArtifact
 from training.distributed import init_distributed, rank_device, rank_seed
 from training.evaluation import unigram_bits
+from training.flops import teacher_step_flops
 from training.loop import LoopResult, TrainLoop, resolve_device
 from training.losses import token_cross_entropy
 from training.prefetch import Prefetcher
@@ -104,13 +105,14 @@ def teacher_stage(tokens_url: str, cfg: TeacherTrainConfig, root: str) -> Artifa
     )
     result = loop.run()
     if ctx.is_main:
-        _publish(ref, teacher, updater, result, tokens, device)
+        _publish(ref, cfg, teacher, updater, result, tokens, device)
     ctx.barrier()
     return ref
 
 
 def _publish(
     ref: ArtifactRef,
+    cfg: TeacherTrainConfig,
     teacher: nn.Module,
     updater: nn.Module,
     result: LoopResult,
@@ -128,6 +130,7 @@ def _publish(
         "seconds": result.seconds,
         "stopped": result.stopped,
         "torch_threads": result.threads,
+        "train_flops": result.step * teacher_step_flops(cfg),  # counted like the students' (training/flops.py)
         **{f"final_{k}": result.last(k) for k in ("loss", "dec", "dec0", "dyn", "unif") if result.metrics},
         **test_dec0(teacher, tokens, device),
     }

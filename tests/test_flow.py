@@ -85,6 +85,7 @@ def test_demo_flow_runs_then_reuses_every_stage(prefect_api, tmp_path):
               if isinstance(v, float)]
     assert losses and all(math.isfinite(v) for v in losses), summary.to_pylist()
     assert {r["rnn"] for r in summary.to_pylist()} >= {"transformer/smt", "gru/smt+dmt", "gru/bptt"}
+    _check_compute_section(report)
 
     report_again, second, _ = _run(cfg)
     assert report_again == report
@@ -117,3 +118,22 @@ def _lineage(report: str) -> list[dict[str, str]]:
     root = Path(report).parent.parent
     by_hash = {json.loads(m.read_text())["hash"]: m.parent for m in root.glob("*/manifest.json")}
     return [{"role": role, "url": str(by_hash[h])} for role, h in manifest["parents"].items()]
+
+
+def _check_compute_section(report: str) -> None:
+    """The report counts the teacher and the label job beside each student and its BPTT baseline."""
+    import json
+
+    from stages.report import compute_rows
+
+    assert "## Compute" in Path(report).read_text()
+    lineage = {r["role"]: {"url": r["url"]} for r in _lineage(report)}
+    stats = {role: json.loads(Path(ref["url"], "manifest.json").read_text())["stats"] for role, ref in lineage.items()}
+    teacher, rows = stats["teacher"]["train_flops"], {r["variant"]: r for r in compute_rows(lineage)}
+    assert teacher > 0 and set(rows) == {"gru", "transformer"}
+    for v, row in rows.items():
+        student = stats[f"{v}/smt"]["train_flops"] + stats[f"{v}/smt+dmt"]["train_flops"]
+        assert row["student_TFLOP"] == student / 1e12
+        assert 0 < row["bptt_TFLOP"] <= row["student_TFLOP"]  # budgeted to the student, whole steps
+        shared = row["with_teacher_and_labels_TFLOP"] * 1e12 - student
+        assert shared > teacher and row["pays_off_from"] == math.ceil(shared / student - 1e-9)

@@ -21,11 +21,11 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.build import build_rnn
+from models.build import build_rnn, build_teacher, seeded_init
 from models.rnn import RNN
 from models.teacher import Decoder
-from schemas.config import BPTTConfig, DistillConfig, DMTConfig, RNNConfig, TeacherModelConfig
-from training.steps import bptt_step_loss, dmt_step_loss, smt_step_loss
+from schemas.config import BPTTConfig, DistillConfig, DMTConfig, RNNConfig, TeacherModelConfig, TeacherTrainConfig
+from training.steps import bptt_step_loss, dmt_step_loss, smt_step_loss, teacher_step_loss
 
 META = torch.device("meta")
 
@@ -92,3 +92,36 @@ def student_training_flops(
     return distill.run.steps * distill_step_flops(variant, model, distill) + dmt.run.steps * dmt_step_flops(
         variant, model, dmt
     )
+
+
+COUNT_BATCH = 2  # the teacher is counted on the CPU (its padding trim reads data), at a small batch
+
+
+def teacher_step_flops(cfg: TeacherTrainConfig) -> int:
+    """One teacher step (encoder twice per anchor, decoder, reference updater, backward) at the
+    configured batch. The encoder trims padding by reading its input, which the meta device cannot, so
+    this one runs on the CPU at COUNT_BATCH full-context sequences and scales linearly (an upper bound:
+    real crops near a document's start are padded and cost less)."""
+    mc = cfg.model
+    with seeded_init(0):  # real weights, but the global generator is left as it was
+        teacher = build_teacher(mc)
+        updater = build_rnn(cfg.updater, mc, teacher)
+    x = torch.zeros(COUNT_BATCH, mc.context_len + mc.future_len + 1, dtype=torch.long)
+    anchors = torch.full((COUNT_BATCH,), mc.context_len - 1, dtype=torch.long)
+    small = count_flops(lambda: teacher_step_loss(teacher, updater, x, x, cfg, anchors=anchors)["loss"])
+    return small * cfg.run.batch_size // COUNT_BATCH
+
+
+def teacher_training_flops(cfg: TeacherTrainConfig) -> int:
+    """The whole teacher: `run.steps` teacher steps."""
+    return cfg.run.steps * teacher_step_flops(cfg)
+
+
+def label_flops(model: TeacherModelConfig, labels: int) -> int:
+    """The label job: one encoder pass over a full context per stored memory (forward only)."""
+    with seeded_init(0):
+        teacher = build_teacher(model)
+    x = torch.zeros(COUNT_BATCH, model.context_len, dtype=torch.long)
+    with torch.no_grad():
+        per = count_flops(lambda: teacher.encode(x), backward=False) // COUNT_BATCH
+    return labels * per
