@@ -27,11 +27,10 @@ from schemas.layout import (
     NO_TARGET,
 )
 from store.artifacts import ArtifactError
+from store.label_codecs import codec_for
 from store.label_layout import (
     LabelGeometry,
     chunk_checksums,
-    dequantize_int8,
-    quantize_int8,
     value_stats,
     write_unit_record,
 )
@@ -143,19 +142,16 @@ def write_unit(
 ) -> dict[str, Any]:
     """Write one shard's whole chunks of every array, then its completion record; returns the record.
 
-    Stats are taken from the values as stored (after float16 rounding or int8 quantisation), so the
+    Stats are taken from the values as stored (after the codec's rounding, store/label_codecs.py), so the
     manifest describes what readers get.
     """
     w0, w1 = geometry.shard_range(shard)
-    if geometry.dtype == "int8":
-        q, scale = quantize_int8(memory, geometry.memory_tokens)
-        arrays[LABEL_MEMORY_ARRAY][w0:w1] = q
+    codec = codec_for(geometry.dtype)
+    encoded, scale = codec.encode(memory, geometry.memory_tokens)
+    arrays[LABEL_MEMORY_ARRAY][w0:w1] = encoded
+    if scale is not None:
         arrays[LABEL_MEMORY_SCALE_ARRAY][w0:w1] = scale
-        stored = dequantize_int8(q, scale)
-    else:
-        stored16 = memory.astype(np.float16)
-        arrays[LABEL_MEMORY_ARRAY][w0:w1] = stored16
-        stored = stored16.astype(np.float32)
+    stored = codec.decode(encoded, scale)
     arrays[LABEL_TOKENS_ARRAY][w0:w1] = x.astype(np.int16)
     arrays[LABEL_TARGETS_ARRAY][w0:w1] = y.astype(np.int16)
     arrays[LABEL_DEC_LOSS_ARRAY][w0:w1] = dec_loss.astype(np.float32)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from schemas.registry import RNN_VARIANTS, SOURCES
+from schemas.registry import LABEL_CODECS, RNN_VARIANTS, SOURCES
 
 SCHEMA_VERSION = 1  # bump when an artifact layout or manifest field changes incompatibly
 
@@ -168,7 +168,9 @@ class LabelSpec(StrictModel):
     num_windows: int | None = Field(1024, ge=1, description="windows to sample; null = all at `stride`")
     stride: int = Field(256, ge=1, description="step between window anchors when num_windows is null")
     split: Literal["train", "test", "all"] = Field("train", description="documents to label")
-    dtype: Literal["float16", "int8"] = Field("float16", description="memory storage type")
+    dtype: Literal[tuple(LABEL_CODECS)] = Field(  # type: ignore[valid-type]  # schemas/registry.py
+        "float16", description="memory storage codec (float16, or int8 with a scale per memory token)"
+    )
     shard_windows: int = Field(16, ge=1, description="windows per shard = one Beam work unit")
     batch_size: int = Field(512, ge=1, description="contexts per encoder forward pass")
     device: str = Field("auto", description="encoder device in workers")

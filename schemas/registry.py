@@ -2,7 +2,7 @@
 
 The config's allowed values (schemas/config.py) are these keys. The values are import paths, resolved
 only when a component is built (`resolve`), so a config validates without importing torch.
-docs/extending.md walks through adding an RNN variant and a source.
+docs/extending.md walks through adding an RNN variant, a source and a label codec.
 """
 
 from __future__ import annotations
@@ -27,6 +27,12 @@ SOURCES = {  # TokensConfig.source -> reader(cfg, stats) -> sources.read.Documen
     "npy": "sources.read:read_npy_tokens",
     "npz_sequences": "sources.read:read_npz_sequences",  # inputs + targets (-1 / -100 unscored), e.g. MQAR
     "sketch_idx": "sources.read:read_sketch_idx",
+}
+
+
+LABEL_CODECS = {  # LabelSpec.dtype -> a store.label_codecs codec (encode / decode the stored memories)
+    "float16": "store.label_codecs:Float16Codec",
+    "int8": "store.label_codecs:Int8Codec",
 }
 
 

@@ -48,11 +48,11 @@ from schemas.layout import (
 )
 from schemas.manifest import sha256_bytes
 from store.artifacts import ArtifactError, exists, read_bytes, write_bytes_atomic
+from store.label_codecs import codec_for
 
 KIND = "labels"
 PLAN_FILE = "_plan.parquet"
 TEMPLATE_FILE = "_template.json"
-INT8_LEVELS = 127  # int8 memories hold round(m / scale), scale = absmax over D / 127 per memory token
 
 ALIGNMENT = (
     "memory[w, j] = encode(tokens[w, j:j+Tc]) (memory after position anchor+j); transition j: "
@@ -140,7 +140,9 @@ class LabelGeometry:
             LABEL_TARGETS_ARRAY: ((n, p), "int16", LABEL_TARGETS_DIMS),
             LABEL_DEC_LOSS_ARRAY: ((n, s), "float32", LABEL_DEC_LOSS_DIMS),
         }
-        if self.dtype == "int8":
+        codec = codec_for(self.dtype)
+        specs[LABEL_MEMORY_ARRAY] = ((n, s, self.memory_size), codec.stored_dtype, LABEL_MEMORY_DIMS)
+        if codec.scaled:
             specs[LABEL_MEMORY_SCALE_ARRAY] = ((n, s, self.memory_tokens), "float32", LABEL_MEMORY_SCALE_DIMS)
         return specs
 
@@ -210,27 +212,6 @@ def chunk_checksums(url: str, arrays: dict[str, zarr.Array], shard: int) -> dict
     """sha256 of the stored (compressed) bytes of every chunk of one shard, keyed by relative path."""
     paths = [chunk_path(arr, shard) for arr in arrays.values()]
     return {p: sha256_bytes(read_bytes(f"{url}/{p}")) for p in paths}
-
-
-def quantize_int8(memory: np.ndarray, memory_tokens: int) -> tuple[np.ndarray, np.ndarray]:
-    """(..., Z) float -> (int8 (..., Z), scale float32 (..., K)): per-memory-token absmax scaling.
-
-    Labels are RMS-normalised per token, so one scale per token keeps the relative error ~0.5/127 of
-    the token's largest value whatever the token's spread.
-    """
-    lead = memory.shape[:-1]
-    tokens = memory.astype(np.float32).reshape(*lead, memory_tokens, -1)
-    scale = np.abs(tokens).max(axis=-1) / INT8_LEVELS
-    safe = np.where(scale > 0, scale, 1.0)[..., None]
-    q = np.clip(np.rint(tokens / safe), -INT8_LEVELS, INT8_LEVELS).astype(np.int8)
-    return q.reshape(memory.shape), scale.astype(np.float32)
-
-
-def dequantize_int8(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Inverse of `quantize_int8`: (..., Z) int8 with (..., K) scales -> (..., Z) float32."""
-    k = scale.shape[-1]
-    out = q.astype(np.float32).reshape(*q.shape[:-1], k, -1) * scale[..., None]
-    return out.reshape(q.shape)
 
 
 def value_stats(values: np.ndarray) -> dict[str, float | int]:

@@ -47,10 +47,10 @@ from store.label_batches import (
     iter_trajectories,
     iter_transitions,
 )
+from store.label_codecs import codec_for
 from store.label_layout import (
     KIND,
     LabelGeometry,
-    dequantize_int8,
     open_arrays,
     projected_store_bytes,
     read_unit_record,
@@ -176,10 +176,9 @@ class LabelStore:
     def memory(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Decoded memories of windows [start, stop): (n, L+1, Z) float32."""
         stop = self.num_windows if stop is None else stop
-        stored = self.arrays[LABEL_MEMORY_ARRAY][start:stop]
-        if self.geometry.dtype == "int8":
-            return dequantize_int8(stored, self.arrays[LABEL_MEMORY_SCALE_ARRAY][start:stop])
-        return np.asarray(stored, dtype=np.float32)
+        codec = codec_for(self.geometry.dtype)
+        scale = self.arrays[LABEL_MEMORY_SCALE_ARRAY][start:stop] if codec.scaled else None
+        return codec.decode(self.arrays[LABEL_MEMORY_ARRAY][start:stop], scale)
 
     def read_shards(
         self, shards: list[int], split: str | None = None, reuse: Shard | None = None, pin: bool = False
@@ -332,9 +331,9 @@ class LabelStore:
     def _scan_shard(self, arrays: dict[str, zarr.Array], s: int) -> list[str]:
         w0, w1 = self.geometry.shard_range(s)
         try:
-            memory = np.asarray(arrays[LABEL_MEMORY_ARRAY][w0:w1], dtype=np.float32)
-            if self.geometry.dtype == "int8":
-                memory = dequantize_int8(arrays[LABEL_MEMORY_ARRAY][w0:w1], arrays[LABEL_MEMORY_SCALE_ARRAY][w0:w1])
+            codec = codec_for(self.geometry.dtype)
+            scale = arrays[LABEL_MEMORY_SCALE_ARRAY][w0:w1] if codec.scaled else None
+            memory = codec.decode(arrays[LABEL_MEMORY_ARRAY][w0:w1], scale)
             dec_loss = arrays[LABEL_DEC_LOSS_ARRAY][w0:w1]
             targets = arrays[LABEL_TARGETS_ARRAY][w0:w1]
         except Exception as err:  # a corrupted chunk usually fails to decompress

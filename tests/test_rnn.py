@@ -190,3 +190,23 @@ def test_registry_is_what_the_config_accepts_and_every_entry_builds():
         assert callable(resolve(path)), path
     with pytest.raises(ValueError, match="kind"):
         RNNConfig(kind="not_registered")
+
+
+def test_every_label_codec_round_trips_and_is_a_config_value():
+    import typing
+
+    import numpy as np
+
+    from schemas.config import LabelSpec
+    from schemas.registry import LABEL_CODECS
+    from store.label_codecs import codec_for
+
+    assert set(typing.get_args(LabelSpec.model_fields["dtype"].annotation)) == set(LABEL_CODECS)
+    memory = np.random.default_rng(0).standard_normal((3, 5, 4 * 8)).astype(np.float32)  # (..., Z), K=4
+    for name in LABEL_CODECS:
+        codec = codec_for(name)
+        stored, scale = codec.encode(memory, 4)
+        assert stored.dtype == np.dtype(codec.stored_dtype) and (scale is not None) == codec.scaled
+        back = codec.decode(stored, scale)
+        assert back.dtype == np.float32 and back.shape == memory.shape
+        assert np.abs(back - memory).max() < 0.02 * np.abs(memory).max(), name  # both keep ~2 digits
