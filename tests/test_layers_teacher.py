@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _tiny import tiny_teacher
 
 from models.build import build_teacher
 from models.layers import apply_rotary, normalize_memory, rms_normalize, rotary_tables
@@ -15,19 +16,9 @@ V, K, D = 11, 4, 16
 
 
 def tiny_cfg(**overrides) -> TeacherModelConfig:
-    base = dict(
-        vocab_size=V,
-        width=32,
-        heads=4,
-        encoder_depth=2,
-        decoder_depth=2,
-        mlp_ratio=2,
-        memory_tokens=K,
-        memory_dim=D,
-        context_len=8,
-        future_len=4,
-    )
-    return TeacherModelConfig(**{**base, **overrides})
+    base = dict(vocab_size=V, width=32, heads=4, encoder_depth=2, decoder_depth=2, memory_tokens=K, memory_dim=D,
+                context_len=8, future_len=4)
+    return tiny_teacher(**{**base, **overrides})
 
 
 @pytest.fixture

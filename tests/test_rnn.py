@@ -4,24 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _tiny import tiny_teacher
 
 from models.build import build_rnn, build_teacher
-from schemas.config import RNNConfig, TeacherModelConfig
+from schemas.config import RNNConfig
 from schemas.registry import RNN_VARIANTS as RNN_KINDS
 
 V, K, D = 9, 4, 8
-TCFG = TeacherModelConfig(
-    vocab_size=V,
-    width=16,
-    heads=2,
-    encoder_depth=1,
-    decoder_depth=1,
-    mlp_ratio=2,
-    memory_tokens=K,
-    memory_dim=D,
-    context_len=6,
-    future_len=3,
-)
+TCFG = tiny_teacher(vocab_size=V, memory_tokens=K, memory_dim=D, context_len=6, future_len=3)
 
 
 def rnn_cfg(kind: str, readout: str = "mlp") -> RNNConfig:

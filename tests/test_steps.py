@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from _tiny import tiny_teacher
 
 from models.build import build_rnn, build_teacher
 from models.rnn import RNN
-from schemas.config import DMTConfig, RNNConfig, TeacherModelConfig, TeacherTrainConfig
+from schemas.config import DMTConfig, RNNConfig, TeacherTrainConfig
 from training.losses import decoding_loss, dynamics_loss, masked_cross_entropy, uniformity_loss
 from training.steps import (
     bptt_step_loss,
@@ -19,18 +20,7 @@ from training.steps import (
 )
 
 V, K, D = 7, 2, 8
-TCFG = TeacherModelConfig(
-    vocab_size=V,
-    width=16,
-    heads=2,
-    encoder_depth=1,
-    decoder_depth=1,
-    mlp_ratio=2,
-    memory_tokens=K,
-    memory_dim=D,
-    context_len=5,
-    future_len=3,
-)
+TCFG = tiny_teacher(vocab_size=V, memory_tokens=K, memory_dim=D, context_len=5, future_len=3)
 RCFG = RNNConfig(kind="transformer", width=16, depth=1, heads=2, hidden=16, readout="teacher_decoder")
 
 
