@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from schemas.config import PipelineConfig, RNNConfig
+from schemas.config import BPTTConfig, PipelineConfig, RNNConfig
 from stages.bptt import bptt_stage, budget_inputs
 from stages.distill import distill_stage
 from stages.dmt import dmt_stage
@@ -47,11 +47,13 @@ STAGES: dict[str, Stage] = {
         Stage("distill", distill_stage, plans.plan_distill, per_variant=True),
         Stage("dmt", dmt_stage, plans.plan_dmt, per_variant=True),
         Stage("bptt", bptt_stage, plans.plan_bptt, per_variant=True),
+        Stage("bptt_plateau", bptt_stage, plans.plan_bptt, per_variant=True),  # only with cfg.bptt_plateau
         Stage("evaluate", evaluate_stage, plans.plan_evaluate),
     )
 }
-ORDER = tuple(STAGES)
-STUDENT_ROLES = {"distill": "smt", "dmt": "smt+dmt", "bptt": "bptt"}  # role = f"{variant.label}/{mode}"
+ORDER = tuple(name for name in STAGES if name != "bptt_plateau")  # it runs with "bptt"
+# role = f"{variant.label}/{mode}"
+STUDENT_ROLES = {"distill": "smt", "dmt": "smt+dmt", "bptt": "bptt", "bptt_plateau": "bptt-plateau"}
 
 
 class Executor(Protocol):
@@ -67,6 +69,13 @@ def role_of(stage: str, variant: RNNConfig | None = None) -> str:
     if variant is not None:
         return f"{variant.label}/{STUDENT_ROLES[stage]}"
     return "evaluation" if stage == "evaluate" else stage
+
+
+def plateau_config(cfg: PipelineConfig) -> BPTTConfig:
+    """The BPTT baseline trained to a plateau: `bptt` with budget 'plateau' and its own step cap."""
+    assert cfg.bptt_plateau is not None
+    run = cfg.bptt.run.model_copy(update={"steps": cfg.bptt_plateau.max_steps})
+    return cfg.bptt.model_copy(update={"budget": "plateau", "plateau": cfg.bptt_plateau, "run": run})
 
 
 def run_graph(
@@ -121,6 +130,10 @@ def run_graph(
             students.append(("bptt", v, submit(
                 "bptt", v, tokens_url=tokens.url, variant=v, teacher_url=teacher.url, cfg=cfg.bptt,
                 **budget_inputs(cfg, v, smt.url))))
+            if cfg.bptt_plateau is not None:
+                students.append(("bptt_plateau", v, submit(
+                    "bptt_plateau", v, tokens_url=tokens.url, variant=v, teacher_url=teacher.url,
+                    cfg=plateau_config(cfg))))
     for name, v, handle in students:
         done(name, handle, v)
 

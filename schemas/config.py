@@ -7,7 +7,7 @@ Unknown keys are errors (`extra="forbid"`), so a typo never silently falls back 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -21,6 +21,13 @@ class StrictModel(BaseModel):
     """Base for configs: unknown keys are rejected, models are immutable and hashable as JSON."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    ADDED_LATER: ClassVar[frozenset[str]] = frozenset()  # fields left out of addresses while at their default
+
+    def address_json(self) -> dict[str, Any]:
+        """The config as it enters an artifact's address (store/plans.py): fields added after artifacts
+        were made are left out while they keep their default, so those artifacts keep their addresses."""
+        unset = {k for k in self.ADDED_LATER if getattr(self, k) == type(self).model_fields[k].default}
+        return self.model_dump(mode="json", exclude=unset)
 
 
 # ----------------------------------------------------------------------------- models
@@ -122,6 +129,7 @@ class TokensConfig(StrictModel):
     text_column: str = Field("text", description="column / JSON key holding text (jsonl, parquet)")
     non_ascii: Literal["replace", "drop"] = Field("replace", description="bytes >= 128 -> '?' or removed")
     test_fraction: float = Field(0.05, ge=0, lt=1, description="documents held out for evaluation")
+    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"test_url"})
     test_url: str | None = Field(
         None, description="a separate held-out set read by the same source (MNIST t10k, a held-out book, a "
         "test Parquet file): then every document of `url` trains, every one of `test_url` tests, and "
@@ -206,18 +214,31 @@ class DMTConfig(StrictModel):
     unif_weight: float = Field(0.01, ge=0, description="weight of L_unif on own memories")
 
 
+class PlateauConfig(StrictModel):
+    """Early stopping on held-out loss: what BPTT reaches given as much compute as it can use."""
+
+    max_steps: int = Field(5000, ge=1, description="cap on optimiser steps (also sizes the LR schedule)")
+    eval_every: int = Field(50, ge=1, description="steps between held-out checks")
+    patience: int = Field(4, ge=1, description="checks without improvement before stopping")
+    sequences: int = Field(128, ge=1, description="held-out test-split sequences per check (a fixed batch)")
+
+
 class BPTTConfig(StrictModel):
     """Baseline: the same RNN unrolled from its initial memory with full backpropagation."""
 
     run: RunConfig = Field(default_factory=lambda: RunConfig(steps=20_000, batch_size=128))
     optim: OptimConfig = Field(default_factory=OptimConfig)
     seq_len: int = Field(64, ge=1, description="T: unrolled steps per sequence")
-    budget: Literal["match_smt_flops", "steps", "seconds", "match_smt_seconds"] = Field(
+    budget: Literal["match_smt_flops", "steps", "seconds", "match_smt_seconds", "plateau"] = Field(
         "match_smt_flops",
         description="match_smt_flops: the training FLOPs of the variant's SMT+DMT student (from the shapes, "
-        "deterministic; run.steps is ignored); steps: run.steps; seconds: run.max_seconds; match_smt_seconds: "
-        "the SMT stage's wall-clock (both seconds budgets follow the machine's load: not reproducible)",
+        "deterministic; run.steps is ignored); steps: run.steps; plateau: up to run.steps, stopped early on "
+        "held-out loss (see `plateau`); seconds: run.max_seconds; match_smt_seconds: the SMT stage's "
+        "wall-clock (both seconds budgets follow the machine's load: not reproducible)",
     )
+    plateau: PlateauConfig | None = Field(None, description="early stopping for budget='plateau'")
+
+    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"plateau"})
 
 
 class EvalConfig(StrictModel):
@@ -256,6 +277,10 @@ class PipelineConfig(StrictModel):
     distill: DistillConfig = Field(default_factory=DistillConfig)
     dmt: DMTConfig = Field(default_factory=DMTConfig)
     bptt: BPTTConfig = Field(default_factory=BPTTConfig)
+    bptt_plateau: PlateauConfig | None = Field(
+        None, description="also train each variant's BPTT baseline to a plateau on held-out loss, beside the "
+        "compute-matched one (role `<variant>/bptt-plateau`); null: only the matched baseline"
+    )
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")

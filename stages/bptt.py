@@ -21,9 +21,17 @@ import numpy as np
 import torch
 
 from models.build import build_rnn, seeded_init
-from schemas.config import BPTTConfig, PipelineConfig, RNNConfig, TeacherModelConfig
-from schemas.layout import SPLIT_TRAIN
-from store.artifacts import CHECKPOINT_DIR, ArtifactRef, is_complete, open_artifact, read_manifest, require_parent
+from schemas.config import BPTTConfig, PipelineConfig, PlateauConfig, RNNConfig, TeacherModelConfig
+from schemas.layout import SPLIT_TEST, SPLIT_TRAIN
+from store.artifacts import (
+    CHECKPOINT_DIR,
+    ArtifactError,
+    ArtifactRef,
+    is_complete,
+    open_artifact,
+    read_manifest,
+    require_parent,
+)
 from store.checkpoints import Checkpoints
 from store.crops import DocumentCrops
 from store.locks import one_writer
@@ -32,6 +40,7 @@ from store.rnn import publish_rnn
 from store.teacher import load_teacher, teacher_config
 from store.tokens import TokensArtifact
 from training.distributed import init_distributed, rank_device, rank_seed
+from training.early_stop import EarlyStop
 from training.flops import bptt_step_flops, student_training_flops
 from training.loop import TrainLoop, resolve_device
 from training.prefetch import Prefetcher
@@ -62,7 +71,7 @@ def bptt_budget(
         if not smt_flops:
             raise ValueError("bptt.budget='match_smt_flops' needs the SMT student's training FLOPs (smt_flops)")
         return max(1, smt_flops // bptt_step_flops(variant, model, cfg)), None
-    if cfg.budget == "steps":
+    if cfg.budget in ("steps", "plateau"):  # plateau: run.steps is the cap, early stopping decides
         return cfg.run.steps, cfg.run.max_seconds
     if cfg.budget == "seconds":
         if cfg.run.max_seconds is None:
@@ -123,6 +132,7 @@ def bptt_stage(
         return Prefetcher(source, pin_memory=device.type == "cuda")
 
     run = cfg.run.model_copy(update={"steps": steps})
+    early_stop = held_out_early_stop(rnn, tokens_url, cfg, device) if cfg.budget == "plateau" else None
     loop = TrainLoop(
         {"rnn": rnn},
         loss_fn,
@@ -134,6 +144,7 @@ def bptt_stage(
         items_per_step=cfg.run.batch_size * cfg.seq_len,
         max_seconds=max_seconds,
         name=f"bptt {variant.label}",
+        early_stop=early_stop,
     )
     result = loop.run()
     if ctx.is_main:
@@ -148,7 +159,21 @@ def bptt_stage(
             "step_seconds": result.seconds / max(result.step, 1),
             "world_size": ctx.world_size,
             "device": str(device),
+            **({"held_out_loss": early_stop.best, "best_step": early_stop.best_step} if early_stop else {}),
         }
         publish_rnn(ref, rnn, model_cfg, result, stats)
     ctx.barrier()
     return ref
+
+
+def held_out_early_stop(rnn: torch.nn.Module, tokens_url: str, cfg: BPTTConfig, device: torch.device) -> EarlyStop:
+    """Early stopping on a fixed batch of test-split sequences (the BPTT loss, no gradient)."""
+    plateau = cfg.plateau or PlateauConfig()
+    tokens = TokensArtifact.open(tokens_url)
+    if tokens.doc_ids(SPLIT_TEST).size == 0:
+        raise ArtifactError(f"bptt.budget='plateau' needs held-out documents, and {tokens_url} has no test split")
+    test = DocumentCrops(tokens, SPLIT_TEST)
+    x, y = test.windows(np.random.default_rng(rank_seed(cfg.run.seed, 0, "bptt-held-out")), plateau.sequences,
+                        cfg.seq_len)
+    x_t, y_t = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+    return EarlyStop(lambda: bptt_step_loss(rnn, x_t, y_t)["loss"], plateau.eval_every, plateau.patience)

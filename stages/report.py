@@ -81,6 +81,8 @@ def compute_rows(lineage: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
             "variant": v,
             "student_TFLOP": student / 1e12,
             "bptt_TFLOP": stats.get(f"{v}/bptt", {}).get("train_flops", 0) / 1e12,
+            **({"bptt_plateau_TFLOP": stats[f"{v}/bptt-plateau"].get("train_flops", 0) / 1e12}
+               if f"{v}/bptt-plateau" in stats else {}),
             "with_teacher_and_labels_TFLOP": (student + shared) / 1e12,
             f"shared_over_{len(variants)}_TFLOP": (student + shared / len(variants)) / 1e12,
             "pays_off_from": math.ceil(shared / student) if student else None,

@@ -24,7 +24,7 @@ from store.artifacts import ArtifactRef, plan_artifact, read_manifest
 
 
 def _json(model: Any) -> Any:
-    return model.model_dump(mode="json")
+    return model.address_json()  # schemas/config.py: fields added later stay out while unset
 
 
 def parent_hash(url: str) -> str:

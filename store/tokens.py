@@ -98,8 +98,7 @@ def _parents(cfg: TokensConfig) -> dict[str, str]:
 
 def plan_tokens_artifact(cfg: TokensConfig, root: str) -> ArtifactRef:
     """Address of the tokens artifact: the config plus the identity of the input files."""
-    unset = {"test_url"} if cfg.test_url is None else set()  # a field added later stays out of the address
-    return plan_artifact(root, KIND, cfg.model_dump(mode="json", exclude=unset), _parents(cfg))  # while unset
+    return plan_artifact(root, KIND, cfg.address_json(), _parents(cfg))
 
 
 def tokens_damage(url: str) -> list[str]:

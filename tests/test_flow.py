@@ -75,16 +75,18 @@ def test_demo_flow_runs_then_reuses_every_stage(prefect_api, tmp_path):
     gru = {"kind": "gru", "width": 16, "hidden": 64, "readout": "mlp"}
     transformer = {"kind": "transformer", "width": 64, "depth": 1, "heads": 4, "readout": "teacher_decoder"}
     cfg = _small_demo(tmp_path / "runs", [transformer, gru])
+    cfg["bptt_plateau"] = {"max_steps": 8, "eval_every": 4, "patience": 1, "sequences": 8}
 
     report, first, names = _run(cfg)
     assert Path(report).exists()
-    assert {f"{role}[{v}]" for role in ("distill", "dmt", "bptt") for v in ("gru", "transformer")} <= names
+    roles = ("distill", "dmt", "bptt", "bptt_plateau")
+    assert {f"{role}[{v}]" for role in roles for v in ("gru", "transformer")} <= names
     assert all(s == ["Completed"] * len(s) for s in first.values()), first
     summary = pq.read_table(Path(report).parent.parent.glob("evaluation-*").__next__() / "summary.parquet")
     losses = [v for col in summary.column_names for v in summary.column(col).to_pylist()
               if isinstance(v, float)]
     assert losses and all(math.isfinite(v) for v in losses), summary.to_pylist()
-    assert {r["rnn"] for r in summary.to_pylist()} >= {"transformer/smt", "gru/smt+dmt", "gru/bptt"}
+    assert {r["rnn"] for r in summary.to_pylist()} >= {"transformer/smt", "gru/smt+dmt", "gru/bptt", "gru/bptt-plateau"}
     _check_compute_section(report)
 
     report_again, second, _ = _run(cfg)
@@ -135,5 +137,6 @@ def _check_compute_section(report: str) -> None:
         student = stats[f"{v}/smt"]["train_flops"] + stats[f"{v}/smt+dmt"]["train_flops"]
         assert row["student_TFLOP"] == student / 1e12
         assert 0 < row["bptt_TFLOP"] <= row["student_TFLOP"]  # budgeted to the student, whole steps
+        assert row["bptt_plateau_TFLOP"] > 0
         shared = row["with_teacher_and_labels_TFLOP"] * 1e12 - student
         assert shared > teacher and row["pays_off_from"] == math.ceil(shared / student - 1e-9)

@@ -29,6 +29,7 @@ from schemas.config import OptimConfig, RunConfig
 from training import distributed as distributed_mod
 from training import rng
 from training.distributed import DistContext, LossModule
+from training.early_stop import EarlyStop
 from training.stopping import StopRequested, stop_requested
 
 LossFn = Callable[[Any], dict[str, torch.Tensor]]
@@ -135,7 +136,7 @@ class LoopResult:
     step: int
     seconds: float
     metrics: list[dict[str, Any]] = field(default_factory=list)
-    stopped: str = "steps"  # 'steps' | 'max_seconds'
+    stopped: str = "steps"  # 'steps' | 'max_seconds' | 'plateau'
     resumed_from: int | None = None
     threads: int = 0  # torch CPU threads it ran with (CPU results depend on them: training/threads.py)
 
@@ -171,6 +172,7 @@ class TrainLoop:
         generators: dict[str, torch.Generator] | None = None,
         max_seconds: float | None = None,
         name: str = "train",
+        early_stop: EarlyStop | None = None,
     ) -> None:
         self.ctx = distributed_mod.current()
         self.device = distributed_mod.rank_device(device or resolve_device(run.device), self.ctx)
@@ -182,6 +184,7 @@ class TrainLoop:
         self.generators = generators or {}
         self.max_seconds = max_seconds if max_seconds is not None else run.max_seconds
         self.name = name
+        self.early_stop = early_stop
         for m in modules.values():
             m.to(self.device)
         self.params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
@@ -211,6 +214,7 @@ class TrainLoop:
                 "metrics": self.metrics,
                 "sums": {k: float(v) for k, v in self._sums.items()},
                 "count": self._count,
+                **({"early_stop": self.early_stop.state()} if self.early_stop is not None else {}),
                 "world_size": self.ctx.world_size,
             },
         }
@@ -223,6 +227,8 @@ class TrainLoop:
         loop = state["loop"]
         self.step, self.elapsed = int(loop["step"]), float(loop["elapsed"])
         self.metrics, self._sums, self._count = list(loop["metrics"]), dict(loop["sums"]), int(loop["count"])
+        if self.early_stop is not None:
+            self.early_stop.load_state(loop["early_stop"])
         rngs = state["rng"]
         if len(rngs) == self.ctx.world_size:
             rng.restore_rng(rngs[self.ctx.rank], self.generators)
@@ -310,6 +316,12 @@ class TrainLoop:
                         window_t, window_steps = 0.0, 0
                         progress.update(loss=row["loss"], step=self.step, elapsed=self.elapsed)
                     progress.advance(self.step, self.elapsed)
+                    if self.early_stop is not None and self.early_stop.due(self.step):
+                        held_out = self.early_stop.check(self.step, self.modules)
+                        self.metrics.append({"step": self.step, "held_out_loss": held_out})
+                        if self.early_stop.exhausted:
+                            stopped = "plateau"
+                            break
                     if self.step % self.run_cfg.checkpoint_every == 0 and self.step < total:
                         self.save()
                         _close(stream)
@@ -321,6 +333,8 @@ class TrainLoop:
             _close(stream)
         if self._count:
             self._log(window_t, max(window_steps, 1))
+        if self.early_stop is not None:
+            self.early_stop.restore_best(self.modules)  # the weights of the best held-out check
         self.save()
         return LoopResult(self.step, self.elapsed, self.metrics, stopped, resumed, torch.get_num_threads())
 

@@ -15,7 +15,7 @@ import os
 
 import torch
 
-SHARED_STAGES = frozenset({"distill", "dmt", "bptt"})  # one task per variant, all at once in the flow
+SHARED_STAGES = frozenset({"distill", "dmt", "bptt", "bptt_plateau"})  # one task per variant, all at once in the flow
 
 
 def available_cores() -> int:

@@ -1,0 +1,59 @@
+"""Early stopping on a held-out loss: train until it has not improved for `patience` checks, keep the best.
+
+For the BPTT baseline trained to a plateau (docs/comparison.md): the matched baseline shows what BPTT
+does with the student's compute, this one the best BPTT does at all. The held-out batch is fixed, so
+every check is a pure function of the weights, and the state (best loss, its step, its weights, the
+checks without improvement) travels in the checkpoint: a resumed run stops where an unbroken one does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class EarlyStop:
+    """validate() -> held-out loss of the current weights; called every `every` steps."""
+
+    def __init__(self, validate: Callable[[], float], every: int, patience: int) -> None:
+        self.validate, self.every, self.patience = validate, every, patience
+        self.best, self.best_step, self.bad = float("inf"), 0, 0
+        self.best_state: dict[str, dict[str, torch.Tensor]] = {}
+
+    def due(self, step: int) -> bool:
+        return step % self.every == 0
+
+    def check(self, step: int, modules: dict[str, nn.Module]) -> float:
+        """Score the weights at `step`; remember them if they are the best so far. Returns the loss."""
+        for m in modules.values():
+            m.eval()
+        with torch.no_grad():
+            loss = float(self.validate())
+        for m in modules.values():
+            m.train()
+        if loss < self.best:
+            self.best, self.best_step, self.bad = loss, step, 0
+            self.best_state = {k: {n: t.detach().clone() for n, t in m.state_dict().items()}
+                               for k, m in modules.items()}
+        else:
+            self.bad += 1
+        return loss
+
+    @property
+    def exhausted(self) -> bool:
+        return self.bad >= self.patience
+
+    def restore_best(self, modules: dict[str, nn.Module]) -> None:
+        """Put the best weights back (nothing to do before the first check)."""
+        for k, state in self.best_state.items():
+            modules[k].load_state_dict(state)
+
+    def state(self) -> dict[str, Any]:
+        return {"best": self.best, "best_step": self.best_step, "bad": self.bad, "best_state": self.best_state}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.best, self.best_step, self.bad = float(state["best"]), int(state["best_step"]), int(state["bad"])
+        self.best_state = state["best_state"]
