@@ -14,6 +14,7 @@ from fsspec.core import url_to_fs
 
 from store.artifacts import ArtifactRef, is_complete, plan_artifact, publish_manifest, read_manifest
 from store.artifacts import write_bytes_atomic as write
+from store.evaluation import plot_loss_vs_compute
 
 SUMMARY = "summary.parquet"
 
@@ -109,6 +110,28 @@ def _label_flops(lineage: dict[str, dict[str, str]]) -> int:
     return label_flops(model, int(labels.counts["labels"]))
 
 
+def compute_points(evaluation_url: str, lineage: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
+    """(variant, mode, TFLOP, held-out bits from the initial memory) for the loss-vs-compute plot."""
+    bits = {r["rnn"]: r["mean_bits"] for r in summary_rows(evaluation_url) if r["start"] == "init"}
+    columns = {"smt": "student_TFLOP", "bptt": "bptt_TFLOP", "bptt-plateau": "bptt_plateau_TFLOP"}
+    points = []
+    for row in compute_rows(lineage):
+        v = row["variant"]
+        smt = lineage_stats_flops(lineage, f"{v}/smt") / 1e12
+        candidates = [("smt", smt), ("smt+dmt", row["student_TFLOP"]),
+                      ("smt+dmt + shared", next(x for k, x in row.items() if k.startswith("shared_over"))),
+                      ("bptt", row[columns["bptt"]]), ("bptt-plateau", row.get(columns["bptt-plateau"]))]
+        for mode, tflop in candidates:
+            role = f"{v}/{mode.split(' ')[0]}"
+            if tflop and bits.get(role) is not None:
+                points.append({"label": v, "mode": mode, "tflop": tflop, "bits": bits[role]})
+    return points
+
+
+def lineage_stats_flops(lineage: dict[str, dict[str, str]], role: str) -> int:
+    return int(read_manifest(lineage[role]["url"]).stats.get("train_flops", 0)) if role in lineage else 0
+
+
 def compute_section(lineage: dict[str, dict[str, str]]) -> str:
     if not {"teacher", "labels"} <= set(lineage) or not any(r.endswith("/smt") for r in lineage):
         return ""
@@ -120,6 +143,7 @@ def compute_section(lineage: dict[str, dict[str, str]]) -> str:
         f"{shared:.4g} TFLOP once, for every variant trained from this label store; the BPTT baseline gets "
         "the student's own budget. `pays_off_from`: from that many variants on one store, the shared cost "
         "per variant is below the student's own training cost.\n\n" + _table_markdown(rows)
+        + "\n![held-out loss against training compute](compute.png)\n"
     )
 
 
@@ -178,6 +202,8 @@ def report_stage(evaluation_url: str, lineage: dict[str, dict[str, str]], name: 
     rel = "../" + evaluation_url.rstrip("/").rsplit("/", 1)[1]
     markdown = build_markdown(evaluation_url, lineage, name, rel)
     if not is_complete(ref.url):
+        if "(compute.png)" in markdown:
+            plot_loss_vs_compute(ref.join("compute.png"), compute_points(evaluation_url, lineage))
         write(ref.join("report.md"), markdown.encode())
         publish_manifest(ref, ref.config, ref.parents, counts={"artifacts": len(lineage)})
     return ref.join("report.md"), markdown

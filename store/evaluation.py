@@ -101,3 +101,32 @@ def plot_images(url: str, images: list[np.ndarray], titles: list[str]) -> None:
         ax.set_title(title, fontsize=7)
         ax.axis("off")
     write_bytes_atomic(url, _png(fig))
+
+
+def loss_vs_compute_figure(points: list[dict[str, object]]) -> plt.Figure:
+    """Held-out loss (bits/token, from the initial memory) against training compute (TFLOP, log scale):
+    one marker per student and baseline (`points`: label, mode, tflop, bits); SMT+DMT appears twice,
+    alone and with its share of the teacher and the label job (hollow), so both readings are visible."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    markers = {"smt": "o", "smt+dmt": "s", "smt+dmt + shared": "s", "bptt": "^", "bptt-plateau": "v"}
+    colours = plt.get_cmap("tab10")
+    variants = sorted({str(p["label"]) for p in points})
+    for p in points:
+        colour = colours(variants.index(str(p["label"])) % 10)
+        hollow = p["mode"] == "smt+dmt + shared"
+        ax.scatter([p["tflop"]], [p["bits"]], marker=markers.get(str(p["mode"]), "x"), s=48,
+                   facecolors="none" if hollow else colour, edgecolors=colour)
+    for name in variants:  # one legend entry per variant (colour) and per mode (marker)
+        ax.scatter([], [], color=colours(variants.index(name) % 10), marker="o", label=name)
+    for mode, marker in markers.items():
+        ax.scatter([], [], color="grey", marker=marker, label=mode, facecolors="none" if "shared" in mode else "grey")
+    ax.set_xscale("log")
+    ax.set_xlabel("training compute (TFLOP, from the shapes)")
+    ax.set_ylabel("held-out loss from the initial memory (bits/token)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_loss_vs_compute(url: str, points: list[dict[str, object]]) -> None:
+    write_bytes_atomic(url, _png(loss_vs_compute_figure(points)))

@@ -128,7 +128,7 @@ def _check_compute_section(report: str) -> None:
 
     from stages.report import compute_rows
 
-    assert "## Compute" in Path(report).read_text()
+    assert "## Compute" in Path(report).read_text() and Path(report).with_name("compute.png").stat().st_size > 0
     lineage = {r["role"]: {"url": r["url"]} for r in _lineage(report)}
     stats = {role: json.loads(Path(ref["url"], "manifest.json").read_text())["stats"] for role, ref in lineage.items()}
     teacher, rows = stats["teacher"]["train_flops"], {r["variant"]: r for r in compute_rows(lineage)}
@@ -140,3 +140,8 @@ def _check_compute_section(report: str) -> None:
         assert row["bptt_plateau_TFLOP"] > 0
         shared = row["with_teacher_and_labels_TFLOP"] * 1e12 - student
         assert shared > teacher and row["pays_off_from"] == math.ceil(shared / student - 1e-9)
+    from stages.report import compute_points
+
+    evaluation = next(ref["url"] for role, ref in lineage.items() if role == "evaluation")
+    plotted = {(p["label"], p["mode"]) for p in compute_points(evaluation, lineage)}
+    assert {("gru", m) for m in ("smt", "smt+dmt", "smt+dmt + shared", "bptt", "bptt-plateau")} <= plotted
