@@ -43,27 +43,6 @@ class DocumentSet:
     def __len__(self) -> int:
         return len(self.tokens)
 
-    def joined(self, other: DocumentSet) -> DocumentSet:
-        """This set followed by `other` (e.g. a separate test set), vocabulary the larger of the two."""
-        n, m = len(self), len(other)
-
-        def targets(clean: bool) -> list[np.ndarray] | None:
-            own = self.targets is not None or other.targets is not None
-            if not own and not clean:
-                return None
-            if clean and self.clean_targets is None and other.clean_targets is None:
-                return None
-            return [self.target(i, clean) for i in range(n)] + [other.target(i, clean) for i in range(m)]
-
-        return DocumentSet(
-            tokens=self.tokens + other.tokens,
-            vocab_size=max(self.vocab_size, other.vocab_size),
-            sources=self.sources + other.sources,
-            targets=targets(False),
-            clean_targets=targets(True),
-            stats={**self.stats, "test_set": other.stats},
-        )
-
     @property
     def num_tokens(self) -> int:
         return int(sum(len(t) for t in self.tokens))
@@ -77,18 +56,38 @@ class DocumentSet:
         return next_token_targets(self.tokens[i])
 
 
-def next_token_targets(x: np.ndarray) -> np.ndarray:
+def next_token_targets(x: np.ndarray, dtype: type = np.int64) -> np.ndarray:
     """Language targets: y[t] = x[t+1], and -1 after the last token (nothing left to predict)."""
-    y = np.empty_like(x, dtype=np.int64)
+    y = np.empty_like(x, dtype=dtype)
     y[:-1] = x[1:]
     if len(y):
         y[-1] = NO_TARGET
     return y
 
 
-def read_documents(cfg: TokensConfig) -> DocumentSet:
-    """Read the documents `cfg` describes; raises SourceError with a one-line message on bad input.
-    The reader is the one registered for `cfg.source` (schemas/registry.py)."""
+Item = tuple[str, np.ndarray, "np.ndarray | None"]  # (source name, tokens, own targets or None)
+
+
+@dataclass
+class DocumentStream:
+    """File documents one at a time, as (name, tokens, own targets or None): the tokens artifact
+    writes them as they come, so no corpus is ever held whole. `vocab_size` and the reading stats are
+    final once `items` is exhausted (a vocabulary taken from the data is its largest id + 1)."""
+
+    items: Iterator[Item]
+    stats: dict[str, Any]
+    fixed_vocab: int | None = None
+    max_id: int = -1
+    count: int = 0
+
+    @property
+    def vocab_size(self) -> int:
+        return max(self.fixed_vocab if self.fixed_vocab is not None else self.max_id + 1, 2)
+
+
+def stream_documents(cfg: TokensConfig) -> DocumentStream | DocumentSet:
+    """The reader registered for `cfg.source` (schemas/registry.py): a stream for file sources, the
+    whole set for synthetic tasks (generated in memory, with clean targets for the test split)."""
     if cfg.source not in SOURCES:
         raise SourceError(f"unknown source '{cfg.source}', expected one of {', '.join(SOURCES)}")
     if cfg.source != "synthetic":
@@ -97,111 +96,140 @@ def read_documents(cfg: TokensConfig) -> DocumentSet:
     return resolve(SOURCES[cfg.source])(cfg, stats)
 
 
+def read_documents(cfg: TokensConfig) -> DocumentSet:
+    """Read the documents `cfg` describes, all at once (int64 arrays); raises SourceError with a one-line
+    message on bad input. The tokens artifact streams instead (`stream_documents`)."""
+    docs = stream_documents(cfg)
+    if isinstance(docs, DocumentSet):
+        return docs
+    names, tokens, targets = [], [], []
+    for name, x, y in docs.items:
+        names.append(name)
+        tokens.append(x.astype(np.int64))
+        targets.append(y)
+    own = None if all(y is None for y in targets) else [
+        next_token_targets(x) if y is None else y.astype(np.int64) for x, y in zip(tokens, targets, strict=True)]
+    return DocumentSet(tokens=tokens, vocab_size=docs.vocab_size, sources=names, targets=own, stats=docs.stats)
+
+
 def read_synthetic(cfg: TokensConfig, stats: dict[str, Any]) -> DocumentSet:
     return _synthetic(cfg)
 
 
-def read_text(cfg: TokensConfig, stats: dict[str, Any]) -> DocumentSet:
+def read_text(cfg: TokensConfig, stats: dict[str, Any]) -> DocumentStream:
     return _text(cfg, stats, lambda f: read_text_files(cfg.url, f))
 
 
-def read_jsonl_text(cfg: TokensConfig, stats: dict[str, Any]) -> DocumentSet:
+def read_jsonl_text(cfg: TokensConfig, stats: dict[str, Any]) -> DocumentStream:
     return _text(cfg, stats, lambda f: read_jsonl(cfg.url, cfg.text_column, f))
 
 
-def read_parquet_text(cfg: TokensConfig, stats: dict[str, Any]) -> DocumentSet:
+def read_parquet_text(cfg: TokensConfig, stats: dict[str, Any]) -> DocumentStream:
     return _text(cfg, stats, lambda f: read_parquet(cfg.url, cfg.text_column, f))
 
 
-def _text(cfg: TokensConfig, stats: dict[str, Any], read: Any) -> DocumentSet:
+def _text(cfg: TokensConfig, stats: dict[str, Any], read: Any) -> DocumentStream:
     ascii_filter = AsciiFilter(cfg.non_ascii)
-    result = _collect(read(ascii_filter), cfg, TEXT_VOCAB, stats)
-    stats["non_ascii_policy"] = cfg.non_ascii
-    stats["non_ascii_bytes"] = ascii_filter.affected_bytes
-    if ascii_filter.transcoded:  # files decoded from UTF-8 with BOM / UTF-16 / UTF-32
-        stats["text_encodings_converted"] = dict(ascii_filter.transcoded)
-    return result
+
+    def finish() -> None:
+        stats["non_ascii_policy"] = cfg.non_ascii
+        stats["non_ascii_bytes"] = ascii_filter.affected_bytes
+        if ascii_filter.transcoded:  # files decoded from UTF-8 with BOM / UTF-16 / UTF-32
+            stats["text_encodings_converted"] = dict(ascii_filter.transcoded)
+
+    return _stream(_untargeted(read(ascii_filter)), cfg, TEXT_VOCAB, stats, finish)
 
 
-def read_mnist_idx(cfg: TokensConfig, stats: dict[str, Any]) -> DocumentSet:
+def read_mnist_idx(cfg: TokensConfig, stats: dict[str, Any]) -> DocumentStream:
     docs = _named(cfg.url, image_pixel_sequences(cfg.url, cfg.max_docs))
-    return _collect(docs, cfg, PIXEL_VOCAB, stats)
+    return _stream(docs, cfg, PIXEL_VOCAB, stats)
 
 
-def read_sketch_idx(cfg: TokensConfig, stats: dict[str, Any]) -> DocumentSet:
+def read_sketch_idx(cfg: TokensConfig, stats: dict[str, Any]) -> DocumentStream:
     stats["sketch_threshold"] = cfg.sketch_threshold
     docs = _named(cfg.url, sketch_sequences(cfg.url, cfg.sketch_threshold, cfg.max_docs))
-    return _collect(docs, cfg, SKETCH_VOCAB, stats)
+    return _stream(docs, cfg, SKETCH_VOCAB, stats)
 
 
-def read_npz_sequences(cfg: TokensConfig, stats: dict[str, Any]) -> DocumentSet:
+def read_npz_sequences(cfg: TokensConfig, stats: dict[str, Any]) -> DocumentStream:
     """Inputs with their own targets (`.npz` with `inputs` and `targets`), scored where targets say."""
     if cfg.chunk_len is not None:
         raise SourceError("tokens.chunk_len does not apply to npz_sequences: each row is one sequence")
-    rows = list(read_labelled_npz(cfg.url, cfg.vocab_size))
-    if cfg.max_docs is not None:
-        rows = rows[: cfg.max_docs]
-    docs = _collect(((name, x) for name, x, _ in rows), cfg, cfg.vocab_size, stats)
-    kept = {name for name in docs.sources}
-    docs.targets = [y for name, _, y in rows if name in kept]
-    if cfg.vocab_size is None and docs.targets:  # a target may be the largest id
-        docs.vocab_size = max(docs.vocab_size, max(int(y.max()) for y in docs.targets) + 1)
     stats["vocab_size_from"] = "config" if cfg.vocab_size is not None else "max token + 1"
-    stats["scored_targets"] = int(sum((y >= 0).sum() for y in docs.targets))
-    return docs
+    scored = [0]
+
+    def counted() -> Iterator[Item]:
+        for name, x, y in read_labelled_npz(cfg.url, cfg.vocab_size):
+            scored[0] += int((y >= 0).sum()) if len(x) else 0
+            yield name, x, y
+
+    def finish() -> None:
+        stats["scored_targets"] = scored[0]
+
+    return _stream(counted(), cfg, cfg.vocab_size, stats, finish)
 
 
-def read_npy_tokens(cfg: TokensConfig, stats: dict[str, Any]) -> DocumentSet:
-    result = _collect(read_npy(cfg.url, cfg.vocab_size), cfg, cfg.vocab_size, stats)
+def read_npy_tokens(cfg: TokensConfig, stats: dict[str, Any]) -> DocumentStream:
     stats["vocab_size_from"] = "config" if cfg.vocab_size is not None else "max token + 1"
-    return result
+    return _stream(_untargeted(read_npy(cfg.url, cfg.vocab_size)), cfg, cfg.vocab_size, stats)
 
 
-def _named(url: str, docs: list[np.ndarray]) -> Iterable[tuple[str, np.ndarray]]:
-    return ((f"{url}[{i}]", doc) for i, doc in enumerate(docs))
+def _untargeted(docs: Iterable[tuple[str, np.ndarray]]) -> Iterator[Item]:
+    return ((name, x, None) for name, x in docs)
 
 
-def _collect(
-    docs: Iterable[tuple[str, np.ndarray]], cfg: TokensConfig, vocab_size: int | None, stats: dict[str, Any]
-) -> DocumentSet:
-    """Keep non-empty documents (cut to chunk_len) up to max_docs; none at all is an error."""
-    tokens: list[np.ndarray] = []
-    names: list[str] = []
-    skipped = 0
+def _named(url: str, docs: list[np.ndarray]) -> Iterator[Item]:
+    return ((f"{url}[{i}]", doc, None) for i, doc in enumerate(docs))
+
+
+def _stream(
+    docs: Iterable[Item], cfg: TokensConfig, vocab_size: int | None, stats: dict[str, Any],
+    finish: Any = None,
+) -> DocumentStream:
+    """Skip empty documents (cut to chunk_len first), stop at max_docs, refuse an empty corpus, track the
+    largest id; `finish` completes the stats once the reader is exhausted."""
+    stream = DocumentStream(iter(()), stats, vocab_size)
     if cfg.chunk_len is not None:
         docs = _chunked(docs, cfg.chunk_len)
         stats["chunk_len"] = cfg.chunk_len
-    for name, doc in docs:
-        if len(doc) == 0:
-            skipped += 1
-            continue
-        tokens.append(doc)
-        names.append(name)
-        if cfg.max_docs is not None and len(tokens) >= cfg.max_docs:
-            break
-    if not tokens:
-        raise SourceError(
-            f"empty corpus: {cfg.url} ({cfg.source}) has no non-empty document"
-            + (f" ({skipped} empty ones skipped)" if skipped else "")
-        )
-    if vocab_size is None:
-        vocab_size = max(int(t.max()) for t in tokens) + 1
-    stats["empty_documents_skipped"] = skipped
-    return DocumentSet(tokens=tokens, vocab_size=max(vocab_size, 2), sources=names, stats=stats)
+
+    def items() -> Iterator[Item]:
+        skipped = 0
+        for name, x, y in docs:
+            if len(x) == 0:
+                skipped += 1
+                continue
+            top = int(x.max()) if y is None else max(int(x.max()), int(y.max()))
+            stream.max_id, stream.count = max(stream.max_id, top), stream.count + 1
+            yield name, x, y
+            if cfg.max_docs is not None and stream.count >= cfg.max_docs:
+                break
+        if not stream.count:
+            raise SourceError(
+                f"empty corpus: {cfg.url} ({cfg.source}) has no non-empty document"
+                + (f" ({skipped} empty ones skipped)" if skipped else "")
+            )
+        stats["empty_documents_skipped"] = skipped
+        if finish is not None:
+            finish()
+
+    stream.items = items()
+    return stream
 
 
-def _chunked(docs: Iterable[tuple[str, np.ndarray]], chunk_len: int) -> Iterator[tuple[str, np.ndarray]]:
+def _chunked(docs: Iterable[Item], chunk_len: int) -> Iterator[Item]:
     """Cut each document into consecutive pieces of chunk_len tokens (the last may be shorter).
 
     A single long file (a novel) otherwise is one document, which leaves nothing for a test split;
     pieces are named `source@start` so every token can still be traced to its file position.
     """
-    for name, doc in docs:
+    for name, doc, y in docs:
         if len(doc) <= chunk_len:
-            yield name, doc
+            yield name, doc, y
             continue
         for start in range(0, len(doc), chunk_len):
-            yield f"{name}@{start}", doc[start : start + chunk_len]
+            piece = slice(start, start + chunk_len)
+            yield f"{name}@{start}", doc[piece], None if y is None else y[piece]
 
 
 def _synthetic(cfg: TokensConfig) -> DocumentSet:

@@ -42,7 +42,7 @@ class AsciiFilter:
     transcoded: dict[str, int] = field(default_factory=dict)  # encoding -> files converted to UTF-8
 
     def __call__(self, data: bytes) -> np.ndarray:
-        """Bytes -> int64 tokens in [0, 128)."""
+        """Bytes -> uint8 tokens in [0, 128) (narrow: a streamed corpus is never widened to int64)."""
         if self.policy not in ("replace", "drop"):
             raise SourceError(f"unknown non_ascii policy '{self.policy}', expected 'replace' or 'drop'")
         arr = np.frombuffer(data, dtype=np.uint8)
@@ -54,7 +54,7 @@ class AsciiFilter:
                 arr = np.where(high, np.uint8(REPLACEMENT), arr)
             else:
                 arr = arr[~high]
-        return arr.astype(np.int64)
+        return arr
 
 
 _BOMS = (  # longest first: the UTF-32 LE mark starts with the UTF-16 LE one

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -40,7 +40,7 @@ from schemas.layout import (
 )
 from schemas.manifest import Manifest, sha256_bytes
 from sources.errors import expand_urls
-from sources.read import DocumentSet, read_documents
+from sources.read import DocumentSet, DocumentStream, next_token_targets, stream_documents
 from store.artifacts import (
     ArtifactError,
     ArtifactRef,
@@ -117,16 +117,19 @@ def _tokens_intact(url: str) -> bool:
     return not verify_reads() or not tokens_damage(url)  # SMT_VERIFY_READS=0 trusts what it finds
 
 
-def read_split_documents(cfg: TokensConfig) -> tuple[DocumentSet, np.ndarray]:
-    """The documents and which of them are held out (bool per document): a random `test_fraction` of
-    `url`, or, with `test_url`, exactly the documents of that separate set, used as they are."""
-    docs = read_documents(cfg)
+def _documents_and_split(cfg: TokensConfig) -> tuple[list[DocumentStream], Callable[[int], np.ndarray]]:
+    """The documents to store, as streams read one after the other, and which of them are held out once
+    they are counted: a seeded `test_fraction`, or, with `test_url`, exactly those of that separate set."""
+    docs = stream_documents(cfg)
+    if isinstance(docs, DocumentSet):  # synthetic: in memory, the split first (test documents get clean targets)
+        is_test = split_documents(len(docs), cfg.test_fraction, cfg.seed)
+        items = ((docs.sources[i], docs.tokens[i], docs.target(i, clean=bool(is_test[i]))) for i in range(len(docs)))
+        return [DocumentStream(items, docs.stats, docs.vocab_size)], lambda n: is_test
     if not cfg.test_url:
-        return docs, split_documents(len(docs), cfg.test_fraction, cfg.seed)
-    held_out = read_documents(cfg.model_copy(update={"url": cfg.test_url, "max_docs": None}))
-    joined = docs.joined(held_out)
-    joined.stats["test_url"] = cfg.test_url
-    return joined, np.arange(len(joined)) >= len(docs)
+        return [docs], lambda n: split_documents(n, cfg.test_fraction, cfg.seed)
+    held_out = stream_documents(cfg.model_copy(update={"url": cfg.test_url, "max_docs": None}))
+    assert isinstance(held_out, DocumentStream)  # test_url is for file sources (TokensConfig)
+    return [docs, held_out], lambda n: np.arange(n) >= docs.count
 
 
 @one_writer(plan_tokens_artifact, intact=_tokens_intact)
@@ -136,7 +139,8 @@ def build_tokens_artifact(cfg: TokensConfig, root: str) -> ArtifactRef:
     Content-addressed on the config and the input files' identity (`input_fingerprint`): a
     complete artifact with the same hash whose stored files match their checksums is returned as is
     (one read of the stored bytes, no input read). A leftover directory without a manifest (an
-    interrupted run), or a damaged one, is removed and rebuilt.
+    interrupted run), or a damaged one, is removed and rebuilt. Documents are written as they are
+    read (`_Column`), so the peak memory is about one document, not the corpus.
     """
     ref = plan_tokens_artifact(cfg, root)
     if is_complete(ref.url):
@@ -148,26 +152,35 @@ def build_tokens_artifact(cfg: TokensConfig, root: str) -> ArtifactRef:
     if fs.exists(path):
         fs.rm(path, recursive=True)
 
-    docs, is_test = read_split_documents(cfg)
-    _check_int16(docs)
-    lengths = np.array([len(t) for t in docs.tokens], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    ys = [docs.target(i, clean=bool(is_test[i])) for i in range(len(docs))]
-    for i, (x, y) in enumerate(zip(docs.tokens, ys, strict=True)):
+    streams, split = _documents_and_split(cfg)
+    items = (item for stream in streams for item in stream.items)
+    group = zarr.open_group(store=ref.join(ZARR_GROUP), mode="w")
+    columns = {name: _Column(group, ref.join(ZARR_GROUP), name) for name in (TOKENS_ARRAY, TARGETS_ARRAY)}
+    names, lengths_list = [], []
+    for i, (name, x, y) in enumerate(items):
+        y = next_token_targets(x, np.int16) if y is None else y
         if len(x) != len(y):
-            raise ArtifactError(f"document {i} ({docs.sources[i]}) has {len(x)} tokens but {len(y)} targets")
-    # straight to int16 (values were checked against the vocabulary): no int64 copy of the corpus
-    tokens = np.concatenate(docs.tokens, dtype=np.int16, casting="unsafe")
-    targets = np.concatenate(ys, dtype=np.int16, casting="unsafe")
-
-    chunk_sums = _write_group(ref.join(ZARR_GROUP), tokens, targets, docs.vocab_size)
+            raise ArtifactError(f"document {i} ({name}) has {len(x)} tokens but {len(y)} targets")
+        _check_int16(i, name, x, y, streams[0].fixed_vocab)
+        columns[TOKENS_ARRAY].append(x)
+        columns[TARGETS_ARRAY].append(y)
+        names.append(name)
+        lengths_list.append(len(x))
+    vocab_size = max(s.vocab_size for s in streams)
+    if vocab_size > INT16_MAX:
+        raise ArtifactError(f"vocab_size {vocab_size} does not fit the int16 token store (max {INT16_MAX})")
+    group.attrs.update({"kind": KIND, "vocab_size": int(vocab_size)})
+    chunk_sums = {k: v for column in columns.values() for k, v in column.close().items()}
+    lengths = np.array(lengths_list, dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    is_test = split(len(names))
     index = pa.table(
         {
-            "doc_id": np.arange(len(docs), dtype=np.int64),
+            "doc_id": np.arange(len(names), dtype=np.int64),
             "offset": offsets,
             "length": lengths,
             "split": np.where(is_test, SPLIT_TEST, SPLIT_TRAIN).tolist(),
-            "source": docs.sources,
+            "source": names,
         },
         schema=TOKENS_INDEX_SCHEMA,
     )
@@ -178,60 +191,86 @@ def build_tokens_artifact(cfg: TokensConfig, root: str) -> ArtifactRef:
 
     n_test = int(is_test.sum())
     counts = {
-        "documents": len(docs),
+        "documents": len(names),
         "tokens": int(lengths.sum()),
-        "train_documents": len(docs) - n_test,
+        "train_documents": len(names) - n_test,
         "test_documents": n_test,
         "train_tokens": int(lengths[~is_test].sum()),
         "test_tokens": int(lengths[is_test].sum()),
     }
-    stats: dict[str, Any] = {"vocab_size": docs.vocab_size, **docs.stats}
+    stats: dict[str, Any] = {"vocab_size": int(vocab_size), **streams[0].stats}
+    if len(streams) > 1:
+        stats.update(test_set=streams[1].stats, test_url=cfg.test_url)
     checksums = {
         INDEX_FILE: sha256_bytes(index_bytes),
-        f"{ZARR_GROUP}/{TOKENS_ARRAY} (int16 values)": sha256_bytes(tokens.astype("<i2").tobytes()),
-        f"{ZARR_GROUP}/{TARGETS_ARRAY} (int16 values)": sha256_bytes(targets.astype("<i2").tobytes()),
+        f"{ZARR_GROUP}/{TOKENS_ARRAY} (int16 values)": columns[TOKENS_ARRAY].values_digest,
+        f"{ZARR_GROUP}/{TARGETS_ARRAY} (int16 values)": columns[TARGETS_ARRAY].values_digest,
         **{f"{ZARR_GROUP}/{key}": digest for key, digest in chunk_sums.items()},  # checked on every read
     }
     publish_manifest(ref, ref.config, ref.parents, counts=counts, checksums=checksums, stats=stats)
     return ref
 
 
-def _check_int16(docs: DocumentSet) -> None:
+def _check_int16(i: int, name: str, x: np.ndarray, y: np.ndarray, vocab: int | None) -> None:
     """Tokens are stored as int16: refuse values that would wrap instead of storing garbage."""
-    if docs.vocab_size > INT16_MAX:
-        raise ArtifactError(
-            f"vocab_size {docs.vocab_size} does not fit the int16 token store (max {INT16_MAX})"
-        )
-    if docs.targets is None:  # file readers produce tokens in [0, vocab) by construction
-        return
-    for i, (x, y) in enumerate(zip(docs.tokens, docs.targets, strict=True)):
-        if len(x) and (x.min() < 0 or x.max() >= docs.vocab_size):
-            raise ArtifactError(f"document {i} ({docs.sources[i]}) has tokens outside [0, {docs.vocab_size})")
-        if len(y) and (y.min() < -1 or y.max() >= docs.vocab_size):
-            raise ArtifactError(
-                f"document {i} ({docs.sources[i]}) has targets outside [-1, {docs.vocab_size})"
-            )
+    top = INT16_MAX if vocab is None else vocab - 1
+    if len(x) and (x.min() < 0 or x.max() > top):
+        raise ArtifactError(f"document {i} ({name}) has tokens outside [0, {top + 1})")
+    if len(y) and (y.min() < -1 or y.max() > top):
+        raise ArtifactError(f"document {i} ({name}) has targets outside [-1, {top + 1})")
 
 
-def _write_group(url: str, tokens: np.ndarray, targets: np.ndarray, vocab_size: int) -> dict[str, str]:
-    """Write both arrays; returns sha256 of every stored chunk by store key (`tokens/c/0` ...).
+class _Column:
+    """One int16 array of the tokens group, written chunk by chunk as documents arrive, so the corpus is
+    never held whole. The stored bytes are a one-shot write's: the same chunks (a corpus shorter than
+    one chunk is one chunk of its own length), the same final shape, and the values hashed on the way.
 
     write_empty_chunks: an all-zero chunk is stored too, so every chunk has a checksum and a missing
     one is always damage, never "fill value"."""
-    group = zarr.open_group(store=url, mode="w")
-    group.attrs.update({"kind": KIND, "vocab_size": int(vocab_size)})
-    chunk = min(TOKENS_CHUNK, len(tokens))
-    sums: dict[str, str] = {}
-    for name, values in ((TOKENS_ARRAY, tokens), (TARGETS_ARRAY, targets)):
-        arr = group.create_array(
-            name, shape=values.shape, chunks=(chunk,), dtype=TOKENS_DTYPE, dimension_names=TOKENS_DIMS,
-            config={"write_empty_chunks": True},
-        )
-        arr[:] = values
-        for i in range(arr.nchunks):
-            key = f"{name}/{arr.metadata.encode_chunk_key((i,))}"  # type: ignore[union-attr]
-            sums[key] = sha256_bytes(read_bytes(f"{url}/{key}"))
-    return sums
+
+    def __init__(self, group: zarr.Group, url: str, name: str) -> None:
+        self.group, self.url, self.name = group, url, name
+        self.buffer = np.empty(TOKENS_CHUNK, dtype=TOKENS_DTYPE)
+        self.filled, self.written = 0, 0
+        self.array: zarr.Array | None = None
+        self._values = hashlib.sha256()
+
+    def append(self, values: np.ndarray) -> None:
+        values = values.astype("<i2", copy=False)
+        self._values.update(values.tobytes())
+        start = 0
+        while start < len(values):
+            take = min(TOKENS_CHUNK - self.filled, len(values) - start)
+            self.buffer[self.filled : self.filled + take] = values[start : start + take]
+            self.filled, start = self.filled + take, start + take
+            if self.filled == TOKENS_CHUNK:
+                self._write(TOKENS_CHUNK)
+
+    def _write(self, chunk: int) -> None:
+        if self.array is None:
+            self.array = self.group.create_array(
+                self.name, shape=(self.filled,), chunks=(chunk,), dtype=TOKENS_DTYPE,
+                dimension_names=TOKENS_DIMS, config={"write_empty_chunks": True},
+            )
+        else:
+            self.array.resize((self.written + self.filled,))
+        self.array[self.written : self.written + self.filled] = self.buffer[: self.filled]
+        self.written, self.filled = self.written + self.filled, 0
+
+    @property
+    def values_digest(self) -> str:
+        return self._values.hexdigest()
+
+    def close(self) -> dict[str, str]:
+        """Write what is left; returns sha256 of every stored chunk by store key (`tokens/c/0` ...)."""
+        if self.filled or self.array is None:
+            self._write(TOKENS_CHUNK if self.array is not None else max(self.filled, 1))
+        assert self.array is not None
+        sums = {}
+        for i in range(self.array.nchunks):
+            key = f"{self.name}/{self.array.metadata.encode_chunk_key((i,))}"  # type: ignore[union-attr]
+            sums[key] = sha256_bytes(read_bytes(f"{self.url}/{key}"))
+        return sums
 
 
 class TokensArtifact:

@@ -100,9 +100,9 @@ def test_content_addressed_rebuild_does_no_work(mem: str, monkeypatch: pytest.Mo
     assert ref.url == f"{mem}/tokens-{ref.hash[:16]}" and ref.kind == "tokens"
 
     def fail(_cfg: TokensConfig) -> None:
-        raise AssertionError("read_documents must not run for a complete artifact")
+        raise AssertionError("stream_documents must not run for a complete artifact")
 
-    monkeypatch.setattr("store.tokens.read_documents", fail)
+    monkeypatch.setattr("store.tokens.stream_documents", fail)
     assert build_tokens_artifact(cfg, mem) == ref
     other = TokensConfig(source="synthetic", task="parity", num_docs=21)
     with pytest.raises(AssertionError, match="must not run"):
@@ -204,7 +204,7 @@ def test_out_of_range_synthetic_tokens_are_refused(tmp_path: Path, monkeypatch: 
     bad = DocumentSet(
         tokens=[np.array([1, 40000])], targets=[np.array([0, -1])], vocab_size=17, sources=["task[0]"]
     )
-    monkeypatch.setattr("store.tokens.read_documents", lambda _cfg: bad)
+    monkeypatch.setattr("store.tokens.stream_documents", lambda _cfg: bad)
     with pytest.raises(ArtifactError, match=r"tokens outside \[0, 17\)"):
         build_tokens_artifact(TokensConfig(num_docs=1), str(tmp_path))
 
@@ -225,3 +225,23 @@ def test_changed_input_file_gets_a_new_artifact(tmp_path):
     os.utime(text, (1_900_000_000, 1_900_000_000))
     second = build_tokens_artifact(cfg, str(tmp_path / "runs"))
     assert second.hash != first.hash
+
+
+def test_streamed_write_over_several_chunks_reads_back_every_document(tmp_path: Path) -> None:
+    """The tokens artifact is written chunk by chunk as documents stream in (store/tokens.py `_Column`):
+    a corpus over two chunks, documents straddling a chunk boundary, reads back exactly as read."""
+    from schemas.layout import TOKENS_CHUNK
+    from sources.read import read_documents
+
+    text = (DATA / "pride_and_prejudice_excerpt.txt").read_bytes()
+    big = tmp_path / "big.txt"
+    big.write_bytes((text * (TOKENS_CHUNK // len(text) + 2))[: TOKENS_CHUNK + 12_345])
+    cfg = TokensConfig(source="text", url=str(big), chunk_len=10_000)
+    art = TokensArtifact.open(build_tokens_artifact(cfg, str(tmp_path / "runs")).url)
+    expected = read_documents(cfg)
+    assert len(art.doc_ids()) == len(expected) == (TOKENS_CHUNK + 12_345 + 9_999) // 10_000
+    for doc_id, x, y in art.documents():
+        np.testing.assert_array_equal(x, expected.tokens[doc_id])
+        np.testing.assert_array_equal(y, expected.target(doc_id))
+    chunks = sorted(p.name for p in (Path(art.ref.url) / ZARR_GROUP / "tokens" / "c").iterdir())
+    assert chunks == ["0", "1"]
