@@ -138,10 +138,10 @@ def _config(path: str, root: str | None, threads: int | None = None) -> Pipeline
 @friendly
 def run(config: ConfigArg, root: RootOpt = None, threads: ThreadsOpt = None) -> None:
     """Run the whole Prefect flow (local ephemeral API unless PREFECT_API_URL is set)."""
-    from flows.smt_pipeline import smt_pipeline
+    from flows.smt_pipeline import run_pipeline
 
     cfg = _config(config, root, threads)
-    report = smt_pipeline(cfg.model_dump(mode="json"))
+    report = run_pipeline(cfg)
     typer.echo(f"report: {report}")
 
 

@@ -13,4 +13,7 @@ from schemas.config import PipelineConfig
 
 def serve_pipeline(cfg: PipelineConfig, cron: str, name: str) -> None:
     """Block, serving one deployment of the flow with this config as its parameters."""
-    smt_pipeline.serve(name=name, cron=cron, parameters={"config": cfg.model_dump(mode="json")})
+    from flows.task_runners import task_runner_for
+
+    served = smt_pipeline.with_options(task_runner=task_runner_for(cfg.task_runner))
+    served.serve(name=name, cron=cron, parameters={"config": cfg.model_dump(mode="json")})

@@ -160,3 +160,11 @@ def smt_pipeline(config: dict[str, Any] | str) -> str:
     publish_prefect_artifacts(report, lineage, cfg.name)
     print(f"report: {report}")
     return report
+
+
+def run_pipeline(cfg: PipelineConfig) -> str:
+    """Run the flow for `cfg` on the task runner it names (flows/task_runners.py); returns the report path."""
+    from flows.task_runners import task_runner_for
+
+    flow_for_config = smt_pipeline.with_options(task_runner=task_runner_for(cfg.task_runner))
+    return flow_for_config(cfg.model_dump(mode="json"))

@@ -103,6 +103,9 @@ class EncodeUnitsFn(beam.DoFn):
         if read_unit_record(url, shard) is not None:  # finished by an earlier or retried attempt
             self.skipped.inc()
             return
+        threads = self.job["threads"]
+        if threads and torch.get_num_threads() != threads:  # a cluster may call process() on another
+            torch.set_num_threads(threads)  # thread than setup(), and torch's count is per thread
         extra = {"worker": f"{socket.gethostname()}:{os.getpid()}", "torch_threads": torch.get_num_threads()}
         record = run_unit(
             url, self.arrays, self.geometry, self.plan, shard, self.teacher, self.tokens,
@@ -203,6 +206,9 @@ def run_beam(beam_cfg: BeamConfig, ref: ArtifactRef, pending: list[int], job: di
         ours = _OUR_ERROR.search(str(err))  # a worker process's ArtifactError, re-raised by Beam as text
         if ours is not None:
             raise ArtifactError(ours.group(1).strip()) from err
+        missing_jar = _unstaged_job_server(err, beam_cfg.runner)
+        if missing_jar is not None:
+            raise ArtifactError(f"Beam runner {beam_cfg.runner} cannot start: {missing_jar}") from err
         environment = environment_error_in(err)
         if not _started(err):  # e.g. PrismRunner offline: its binary cannot be downloaded
             raise ArtifactError(
@@ -211,6 +217,22 @@ def run_beam(beam_cfg: BeamConfig, ref: ArtifactRef, pending: list[int], job: di
         if environment is not None:
             raise ArtifactError(f"label job for {ref.url} failed: {environment}") from err
         raise
+
+
+_JAR_AT = re.compile(r"stage the jar at (\S+?\.jar)")
+
+
+def _unstaged_job_server(err: BaseException, runner: str) -> str | None:
+    """Flink and Spark runners download a job-server jar when they start; offline that fails deep in
+    Beam. Name the missing piece and where it goes instead (README, 'Beam on Flink, Spark')."""
+    text = "\n".join(str(e) for e in (err, err.__cause__, err.__context__) if e is not None)
+    if "job server jar" not in text:
+        return None
+    found = _JAR_AT.search(text)
+    flag = "--spark_job_server_jar" if "Spark" in runner else "--flink_job_server_jar"
+    where = f"copy it to {found.group(1)}" if found else "stage it in ~/.apache_beam/cache/jars/"
+    name = found.group(1).rsplit("/", 1)[-1] if found else "the runner's job-server jar"
+    return f"{name} is not staged and cannot be downloaded: {where}, or pass {flag}=PATH in beam.options"
 
 
 _OUR_ERROR = re.compile(r"(?:IntegrityError|ArtifactError|ManifestError|LockError|SourceError): ([^\n]+)")
@@ -241,13 +263,14 @@ def check_reachable(url: str, beam_cfg: BeamConfig) -> None:
 
 
 def worker_threads(beam_cfg: BeamConfig, setting: int | None = None) -> int:
-    """Torch threads per worker: the config's setting, else local worker processes share the cores
-    instead of oversubscribing them; 0 leaves a remote worker's default."""
+    """Torch threads per worker, pinned on every runner: the config's setting, else local worker
+    processes share the cores instead of oversubscribing them, and a cluster's workers take one each (a
+    Dask worker runs one unit per worker thread; one torch thread each fills its cores without fighting)."""
     if setting is not None:
         return setting
     if is_local_runner(beam_cfg):
         return max(1, available_cores() // beam_cfg.num_workers)
-    return 0
+    return 1
 
 
 def prepare_template(ref: ArtifactRef, geometry: LabelGeometry, plan: pa.Table, parents: dict[str, str]) -> None:

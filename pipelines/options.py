@@ -16,7 +16,13 @@ there wins over the defaults above, because Beam's parser keeps the last value):
     Flink:    runner: FlinkRunner,    options: [--flink_master=HOST:8081, --environment_type=LOOPBACK]
     Spark:    runner: SparkRunner,    options: [--spark_master_url=spark://HOST:7077, --environment_type=LOOPBACK]
     Dataflow: runner: DataflowRunner, options: [--project=P, --region=R, --temp_location=gs://B/tmp]
-    Dask:     runner: DaskRunner,     options: [--dask_client_address=HOST:8786]   (pip install apache-beam[dask])
+    Dask:     runner: DaskRunner,     dask_address: tcp://HOST:8786                  (pip install '.[dask]')
+
+Dask (the cluster engine we test, tests/test_dask.py): `DaskRunner` is Beam's
+apache_beam.runners.dask.dask_runner.DaskRunner; every work unit is its own Dask task
+(`--dask_partition_size=1` unless you pass one: Beam's default of 128 puts a small job on one worker).
+Dask ignores --setup_file: install this project on every worker (`pip install -c constraints.txt '.[dask]'`
+in the workers' environment) before starting them.
 
 Workers need this project. With `--environment_type=LOOPBACK` the launcher process is the worker, so
 nothing is shipped. Otherwise, unless you pass one of --setup_file, --extra_package(s),
@@ -39,6 +45,7 @@ from schemas.config import BeamConfig
 
 log = logging.getLogger("smt.labels")
 
+DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"  # Beam has no short name for it
 LOCAL_RUNNERS = frozenset({"DirectRunner", "FnApiRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner"})
 STAGING_FLAGS = ("--setup_file", "--extra_package", "--sdk_container_image", "--requirements_file")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -51,8 +58,13 @@ def is_local_runner(beam: BeamConfig) -> bool:
 
 def runner_flags(beam: BeamConfig, job_name: str | None = None) -> list[str]:
     """The command-line flags `pipeline_options` builds; useful to log or to copy into a shell."""
-    flags = [f"--runner={beam.runner}"]
-    if is_local_runner(beam):
+    flags = [f"--runner={DASK_RUNNER if beam.runner in ('DaskRunner', DASK_RUNNER) else beam.runner}"]
+    if beam.runner in ("DaskRunner", DASK_RUNNER):
+        if beam.dask_address and not _has(beam.options, "--dask_client_address"):
+            flags.append(f"--dask_client_address={beam.dask_address}")
+        if not _has(beam.options, "--dask_partition_size"):
+            flags.append("--dask_partition_size=1")
+    elif is_local_runner(beam):
         mode = "multi_processing" if beam.num_workers > 1 else "in_memory"
         flags += [f"--direct_num_workers={beam.num_workers}", f"--direct_running_mode={mode}"]
         if not _has(beam.options, "--default_sdk_harness_log_level"):

@@ -191,6 +191,9 @@ class BeamConfig(StrictModel):
     runner: str = Field("FnApiRunner", description="FnApiRunner, DirectRunner, FlinkRunner, SparkRunner, Dataflow…")
     num_workers: int = Field(2, ge=1, description="local worker processes (direct runners)")
     options: list[str] = Field(default_factory=list, description="extra pipeline flags, e.g. --flink_master=…")
+    dask_address: str | None = Field(
+        None, description="DaskRunner: the scheduler, e.g. tcp://10.0.0.5:8786 (null: Beam starts a local cluster)"
+    )
 
 
 class DistillConfig(StrictModel):
@@ -255,6 +258,15 @@ class EvalConfig(StrictModel):
     seed: int = Field(0, description="seed of sampling")
 
 
+class TaskRunnerConfig(StrictModel):
+    """Where the Prefect flow runs its tasks: threads of the flow's process, or a Dask cluster (prefect-dask),
+    so many variants trained from one label store spread over machines. Results do not depend on it."""
+
+    kind: Literal["threads", "dask"] = Field("threads", description="threads: Prefect's default; dask: DaskTaskRunner")
+    address: str | None = Field(None, description="dask: the scheduler, tcp://HOST:8786 (null: a local cluster)")
+    workers: int = Field(2, ge=1, description="dask without address: worker processes of the local cluster")
+
+
 class PipelineConfig(StrictModel):
     """The whole flow: tokens -> teacher -> labels -> (distill -> DMT, BPTT) per variant -> evaluate -> report."""
 
@@ -264,6 +276,9 @@ class PipelineConfig(StrictModel):
         None, ge=1, description="torch CPU threads per task (and per local Beam worker); null = the cores shared "
         "among the tasks that run at once (distill/DMT/BPTT: cores // variants). Recorded in every manifest; "
         "CPU results depend on it, so fix it to compare bytes across machines",
+    )
+    task_runner: TaskRunnerConfig = Field(
+        default_factory=lambda: TaskRunnerConfig(), description="where the flow's tasks run (flows/task_runners.py)"
     )
     tokens: TokensConfig = Field(default_factory=TokensConfig)
     teacher: TeacherTrainConfig = Field(default_factory=TeacherTrainConfig)

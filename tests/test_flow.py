@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from schemas.config import load_config
+from schemas.config import PipelineConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -145,3 +145,28 @@ def _check_compute_section(report: str) -> None:
     evaluation = next(ref["url"] for role, ref in lineage.items() if role == "evaluation")
     plotted = {(p["label"], p["mode"]) for p in compute_points(evaluation, lineage)}
     assert {("gru", m) for m in ("smt", "smt+dmt", "smt+dmt + shared", "bptt", "bptt-plateau")} <= plotted
+
+
+def test_flow_tasks_on_a_dask_cluster_make_the_local_artifacts(prefect_api, tmp_path):
+    """task_runner: dask (prefect-dask's DaskTaskRunner on a loopback LocalCluster) trains the variant
+    tasks in other processes, and every artifact is the one the in-process runner builds."""
+    distributed = pytest.importorskip("distributed", reason="pip install '.[dask]'")
+    from flows.local import run_until
+    from flows.smt_pipeline import run_pipeline
+
+    gru = {"kind": "gru", "width": 16, "hidden": 64, "readout": "mlp"}
+    mlp = {"kind": "mlp", "width": 16, "depth": 1, "hidden": 64, "readout": "mlp"}
+    cfg = _small_demo(tmp_path / "dask", [gru, mlp])
+    cfg["threads"] = 1
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None, silence_logs=40) as cluster:
+        cfg["task_runner"] = {"kind": "dask", "address": cluster.scheduler_address}
+        report = run_pipeline(PipelineConfig.model_validate(cfg))
+    local = run_until(PipelineConfig.model_validate({**cfg, "root": str(tmp_path / "local")}), "evaluate",
+                      log=lambda line: None)
+    dask_root = Path(report).parent.parent
+    for role, ref in local.items():
+        here = dask_root / Path(ref.url).name  # the same address under the other root
+        for name in ("rnn.safetensors", "summary.parquet", "metrics.parquet", "teacher.safetensors"):
+            if (Path(ref.url) / name).exists():
+                assert (here / name).read_bytes() == (Path(ref.url) / name).read_bytes(), (role, name)
