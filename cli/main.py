@@ -250,17 +250,23 @@ def report(run: Annotated[str, typer.Argument(help="report directory or report.m
     Console().print(Markdown(text))
 
 
+DEPLOYMENT_NAME = "smt-nightly"  # prefect.yaml names its deployment the same
+
+
 @app.command()
 @friendly
 def serve(
     config: ConfigArg,
     cron: Annotated[str, typer.Option(help="schedule in cron syntax")] = "0 3 * * *",
-    name: Annotated[str, typer.Option(help="deployment name")] = "smt-nightly",
+    interval: Annotated[
+        int | None, typer.Option(min=1, help="run every this many seconds instead of the cron schedule")
+    ] = None,
+    name: Annotated[str, typer.Option(help="deployment name (prefect.yaml uses the same)")] = DEPLOYMENT_NAME,
 ) -> None:
     """Serve a scheduled deployment of the flow (needs a Prefect server, see the README)."""
     from flows.deploy import serve_pipeline
 
-    serve_pipeline(_config(config, None), cron=cron, name=name)
+    serve_pipeline(_config(config, None), cron=None if interval else cron, name=name, interval=interval)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -11,9 +11,11 @@ from flows.smt_pipeline import smt_pipeline
 from schemas.config import PipelineConfig
 
 
-def serve_pipeline(cfg: PipelineConfig, cron: str, name: str) -> None:
-    """Block, serving one deployment of the flow with this config as its parameters."""
+def serve_pipeline(cfg: PipelineConfig, cron: str | None, name: str, interval: int | None = None) -> None:
+    """Block, serving one deployment of the flow with this config as its parameters, on a cron schedule or
+    every `interval` seconds."""
     from flows.task_runners import task_runner_for
 
     served = smt_pipeline.with_options(task_runner=task_runner_for(cfg.task_runner))
-    served.serve(name=name, cron=cron, parameters={"config": cfg.model_dump(mode="json")})
+    schedule = {"interval": interval} if interval else {"cron": cron}
+    served.serve(name=name, parameters={"config": cfg.model_dump(mode="json")}, **schedule)
