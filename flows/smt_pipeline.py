@@ -8,9 +8,11 @@ A deleted artifact is rebuilt (the key is only used while the artifact is comple
 
 from __future__ import annotations
 
+import base64
 import functools
 import inspect
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,10 +132,29 @@ def _report(evaluation_url: str, lineage: dict[str, dict[str, str]], name: str) 
     return report_url
 
 
+_IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s:]+\.png)\)")  # relative links only
+
+
+def with_inline_images(report_url: str) -> str:
+    """The report's Markdown with its plots inlined as data: URIs: the Prefect UI cannot follow the
+    relative links that work beside report.md on disk (report.md itself keeps them)."""
+    base = report_url.rsplit("/", 1)[0]
+
+    def inline(match: re.Match[str]) -> str:
+        parts = [p for p in match.group(2).split("/") if p != "."]
+        url = base
+        for part in parts:
+            url = url.rsplit("/", 1)[0] if part == ".." else f"{url}/{part}"
+        data = base64.b64encode(read_bytes(url)).decode()
+        return f"![{match.group(1)}](data:image/png;base64,{data})"
+
+    return _IMAGE.sub(inline, read_bytes(report_url).decode())
+
+
 def publish_prefect_artifacts(report_url: str, lineage: dict[str, dict[str, str]], name: str) -> None:
     """The report, a lineage table and a link as Prefect artifacts, on every run (a cached one too:
     they belong to the flow run, not to the task that first wrote the report)."""
-    create_markdown_artifact(markdown=read_bytes(report_url).decode(), key="smt-report",
+    create_markdown_artifact(markdown=with_inline_images(report_url), key="smt-report",
                              description=f"SMT report: {name}")
     rows = []
     for role, ref in lineage.items():

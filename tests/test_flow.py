@@ -55,6 +55,8 @@ def _task_states(flow_run_id) -> tuple[dict[str, list[str]], set[str]]:
     # the report, lineage and link artifacts belong to every run, a fully cached one too
     assert {a.key for a in artifacts} >= {"smt-report", "smt-lineage", "smt-report-file"}, artifacts
     assert all("(file:///" in a.data for a in artifacts if a.key == "smt-report-file")  # an absolute link
+    (report,) = [a.data for a in artifacts if a.key == "smt-report"]  # plots inlined for the UI
+    assert "](data:image/png;base64," in report and ".png)" not in report, report[:2000]
     states: dict[str, list[str]] = {}
     for run in runs:  # variant tasks are named by role and variant, e.g. 'distill[gru]'; others 'teacher-3fa'
         stage = run.name.split("[")[0] if run.name.endswith("]") else run.name.rsplit("-", 1)[0]
