@@ -170,7 +170,7 @@ class TeacherTrainConfig(StrictModel):
 
 
 class LabelSpec(StrictModel):
-    """Which windows the label store holds and how (ARCHITECTURE.md, 'The label store')."""
+    """Which windows the label store holds and how (docs/architecture.md, 'Label store layout')."""
 
     trajectory_len: int = Field(256, ge=1, description="L: transitions per window (L+1 memories); >= dmt.rollout_len")
     num_windows: int | None = Field(1024, ge=1, description="windows to sample; null = all at `stride`")
