@@ -20,6 +20,7 @@ Command line:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import logging
@@ -28,7 +29,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Any
 
@@ -195,11 +196,12 @@ def run_beam(beam_cfg: BeamConfig, ref: ArtifactRef, pending: list[int], job: di
     except Exception as err:  # unknown runner, missing extra, bad flags
         raise ArtifactError(f"Beam runner {beam_cfg.runner} cannot start: {_first_line(err)}") from err
     try:
-        with pipeline as p:
+        with _process_dask_config_kept(), pipeline as p:
             units = p | "Units" >> beam.Create(pending)
             if not is_local_runner(beam_cfg):  # unfuse Create from the DoFn so a cluster spreads units
                 units = units | "Spread" >> beam.Reshuffle()
             _ = units | "Encode" >> beam.ParDo(EncodeUnitsFn(job))
+        _close_runner_client(pipeline)
     except ArtifactError:
         raise
     except Exception as err:
@@ -217,6 +219,32 @@ def run_beam(beam_cfg: BeamConfig, ref: ArtifactRef, pending: list[int], job: di
         if environment is not None:
             raise ArtifactError(f"label job for {ref.url} failed: {environment}") from err
         raise
+
+
+@contextlib.contextmanager
+def _process_dask_config_kept() -> Iterator[None]:
+    """Beam's DaskRunner opens a `distributed.Client` as the process default and never closes it; its
+    `scheduler: dask.distributed` setting then outlives the job and breaks the next plain dask
+    computation in this process (xarray reading a store, say). Put dask's config back as it was."""
+    try:
+        import dask.config
+    except ImportError:  # no dask installed: no DaskRunner, nothing to keep
+        yield
+        return
+    before = {key: dask.config.config[key] for key in ("scheduler", "shuffle") if key in dask.config.config}
+    try:
+        yield
+    finally:
+        for key in ("scheduler", "shuffle"):
+            dask.config.config.pop(key, None)
+        dask.config.config.update(before)
+
+
+def _close_runner_client(pipeline: beam.Pipeline) -> None:
+    """Close the Dask client the DaskRunner opened for this job (other runners hold none)."""
+    client = getattr(getattr(pipeline, "result", None), "client", None)
+    if client is not None:
+        client.close()
 
 
 _JAR_AT = re.compile(r"stage the jar at (\S+?\.jar)")

@@ -16,6 +16,7 @@ import pytest
 from _fixtures_labels import IN_MEMORY, TINY_SPEC, make_teacher, make_tokens
 
 distributed = pytest.importorskip("distributed", reason="pip install '.[dask]'")
+dask_config = pytest.importorskip("dask.config")
 
 import pipelines.materialize_labels as ml  # noqa: E402
 from pipelines.options import runner_flags  # noqa: E402
@@ -57,22 +58,32 @@ def test_label_job_on_dask_equals_fnapi_also_with_a_worker_killed(cluster, tmp_p
     teacher = make_teacher(root, tokens)
     local = ml.materialize_labels(tokens.url, teacher.url, SPEC, IN_MEMORY, str(tmp_path / "local"), threads=1)
     dask = BeamConfig(runner="DaskRunner", dask_address=cluster.scheduler_address)
+    config_before = dict(dask_config.config)
     on_dask = ml.materialize_labels(tokens.url, teacher.url, SPEC, dask, str(tmp_path / "dask"), threads=1)
+    assert dict(dask_config.config) == config_before  # the job leaves no default client set behind
+    assert not _has_default_client()
     assert _files(on_dask.url) == _files(local.url)
     workers = {r["worker"] for r in _records(on_dask.url)}
     assert len(workers) == 2, workers  # one unit per Dask task: both workers took some
 
-    client = distributed.Client(cluster)
-    pids = list(client.run(os.getpid).values())
+    with distributed.Client(cluster, set_as_default=False) as client:
+        pids = list(client.run(os.getpid).values())
     store = tmp_path / "killed" / Path(local.url).name
     finished_before_kill: list[bool] = []
     killer = threading.Thread(target=_kill_after_first_unit, args=(store, pids[0], finished_before_kill))
     killer.start()
     killed = ml.materialize_labels(tokens.url, teacher.url, SPEC, dask, str(tmp_path / "killed"), threads=1)
     killer.join()
-    client.close()
     assert finished_before_kill == [False]  # the worker died while units were still pending
     assert _files(killed.url) == _files(local.url)
+
+
+def _has_default_client() -> bool:
+    try:
+        distributed.default_client()
+    except ValueError:
+        return False
+    return True
 
 
 def _records(url: str) -> list[dict]:
