@@ -2,7 +2,7 @@
 #
 #   bash docker/build.sh                        # here: a debootstrapped Debian base, CPU torch, demo run
 #   docker build --build-arg BASE_IMAGE=python:3.11-slim-bookworm -t smt .           # with a registry
-#   docker build --build-arg BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04 \
+#   docker build --build-arg BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 \
 #                --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 -t smt:cuda .
 #   docker run --rm --shm-size=8g -v "$PWD/out:/data" smt run /app/configs/demo.yaml --root /data/runs
 #

@@ -104,15 +104,30 @@ class SwiGLU(nn.Module):
         return self.down(F.silu(gate) * up)
 
 
+class GeluMLP(nn.Module):
+    """Plain MLP: W2 gelu(W1 x), hidden = mlp_ratio * width (the reference's block MLP: 2/3 of SwiGLU's FLOPs)."""
+
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.up = nn.Linear(width, hidden, bias=False)
+        self.down = nn.Linear(hidden, width, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(F.gelu(self.up(x)))
+
+
+MLPS: dict[str, type[nn.Module]] = {"swiglu": SwiGLU, "gelu": GeluMLP}  # schemas/config.py `mlp` choices
+
+
 class Block(nn.Module):
     """Pre-norm Transformer block: x + attn(norm(x)); x + mlp(norm(x))."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: int = 4) -> None:
+    def __init__(self, width: int, heads: int, mlp_ratio: int = 4, mlp: str = "swiglu") -> None:
         super().__init__()
         self.attn_norm = RMSNorm(width)
         self.attn = Attention(width, heads)
         self.mlp_norm = RMSNorm(width)
-        self.mlp = SwiGLU(width, mlp_ratio * width)
+        self.mlp = MLPS[mlp](width, mlp_ratio * width)
 
     def forward(
         self, x: Tensor, rope: tuple[Tensor, Tensor], key_mask: Tensor | None = None, causal: bool = False
@@ -124,11 +139,13 @@ class Block(nn.Module):
 class Stack(nn.Module):
     """`depth` blocks followed by a final RMSNorm; either bidirectional (optional key mask) or causal."""
 
-    def __init__(self, width: int, heads: int, depth: int, mlp_ratio: int = 4, rope_base: float = 10000.0) -> None:
+    def __init__(
+        self, width: int, heads: int, depth: int, mlp_ratio: int = 4, rope_base: float = 10000.0, mlp: str = "swiglu"
+    ) -> None:
         super().__init__()
         self.head_dim = width // heads
         self.rope_base = rope_base
-        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio) for _ in range(depth))
+        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, mlp) for _ in range(depth))
         self.norm = RMSNorm(width)
 
     def forward(self, x: Tensor, positions: Tensor, key_mask: Tensor | None = None, causal: bool = False) -> Tensor:

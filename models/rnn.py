@@ -86,7 +86,7 @@ class TransformerUpdater(RNN):
         same = teacher_cfg.memory_dim == cfg.width
         self.embed = TokenEmbedding(teacher_cfg.vocab_size, cfg.width)
         self.memory_in = nn.Identity() if same else nn.Linear(teacher_cfg.memory_dim, cfg.width, bias=False)
-        self.stack = Stack(cfg.width, cfg.heads, cfg.depth, rope_base=teacher_cfg.rope_base)
+        self.stack = Stack(cfg.width, cfg.heads, cfg.depth, rope_base=teacher_cfg.rope_base, mlp=cfg.mlp)
         self.memory_out = nn.Identity() if same else nn.Linear(cfg.width, teacher_cfg.memory_dim, bias=False)
 
     def step(self, m: Tensor, x: Tensor) -> Tensor:

@@ -48,7 +48,7 @@ class Encoder(nn.Module):
         self.cfg = cfg
         self.embed = TokenEmbedding(cfg.vocab_size, cfg.width)
         self.registers = nn.Parameter(torch.randn(cfg.memory_tokens, cfg.width) * 0.02)
-        self.stack = Stack(cfg.width, cfg.heads, cfg.encoder_depth, cfg.mlp_ratio, cfg.rope_base)
+        self.stack = Stack(cfg.width, cfg.heads, cfg.encoder_depth, cfg.mlp_ratio, cfg.rope_base, cfg.mlp)
         same = cfg.memory_dim == cfg.width
         self.proj = nn.Identity() if same else nn.Linear(cfg.width, cfg.memory_dim, bias=False)
 
@@ -88,7 +88,7 @@ class Decoder(nn.Module):
         same = cfg.memory_dim == cfg.width
         self.memory_in = nn.Identity() if same else nn.Linear(cfg.memory_dim, cfg.width, bias=False)
         self.embed = TokenEmbedding(cfg.vocab_size, cfg.width)
-        self.stack = Stack(cfg.width, cfg.heads, cfg.decoder_depth, cfg.mlp_ratio, cfg.rope_base)
+        self.stack = Stack(cfg.width, cfg.heads, cfg.decoder_depth, cfg.mlp_ratio, cfg.rope_base, cfg.mlp)
         self.head = nn.Linear(cfg.width, cfg.vocab_size, bias=False)
 
     def forward(self, m: Tensor, x_fut: Tensor | None = None) -> Tensor:

@@ -27,14 +27,26 @@ class StrictModel(BaseModel):
         """The config as it enters an artifact's address (store/plans.py): fields added after artifacts
         were made are left out while they keep their default, so those artifacts keep their addresses."""
         unset = {k for k in self.ADDED_LATER if getattr(self, k) == type(self).model_fields[k].default}
-        return self.model_dump(mode="json", exclude=unset)
+        out = self.model_dump(mode="json", exclude=unset)
+        for name in out:  # nested configs leave out their own later fields too
+            value = getattr(self, name)
+            if isinstance(value, StrictModel):
+                out[name] = value.address_json()
+            elif isinstance(value, (list, tuple)) and value and all(isinstance(v, StrictModel) for v in value):
+                out[name] = [v.address_json() for v in value]
+        return out
 
 
 # ----------------------------------------------------------------------------- models
 
 
+MLPKind = Literal["swiglu", "gelu"]  # models/layers.py MLPS
+
+
 class TeacherModelConfig(StrictModel):
     """Shape of the Transformer encoder-decoder teacher (docs/method.md section 3)."""
+
+    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"mlp"})
 
     vocab_size: int = Field(256, ge=2, description="token vocabulary V; tokens are ints in [0, V)")
     width: int = Field(256, ge=8, description="Transformer width of encoder and decoder")
@@ -42,6 +54,7 @@ class TeacherModelConfig(StrictModel):
     encoder_depth: int = Field(8, ge=1, description="bidirectional encoder blocks")
     decoder_depth: int = Field(4, ge=1, description="causal decoder blocks")
     mlp_ratio: int = Field(4, ge=1, description="hidden size of block MLPs as a multiple of width")
+    mlp: MLPKind = Field("swiglu", description="block MLP: swiglu (gated), or gelu (the reference's, 2/3 the FLOPs)")
     memory_tokens: int = Field(16, ge=1, description="K: memory tokens (encoder registers)")
     memory_dim: int = Field(256, ge=4, description="D: width of one memory token; Z = K * D")
     context_len: int = Field(256, ge=1, description="Tc: encoder context window (tokens)")
@@ -67,6 +80,8 @@ RNNKind = Literal[tuple(RNN_VARIANTS)]  # type: ignore[valid-type]  # schemas/re
 class RNNConfig(StrictModel):
     """One RNN variant: an updater (Z, token) -> Z plus a readout Z -> logits (docs/method.md section 5)."""
 
+    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"mlp"})
+
     kind: RNNKind = Field("transformer", description="updater architecture")
     name: str | None = Field(None, description="label in reports; defaults to kind")
     width: int = Field(256, ge=8, description="transformer width / token embedding size of the cell")
@@ -76,6 +91,7 @@ class RNNConfig(StrictModel):
     readout: Literal["teacher_decoder", "mlp"] = Field(
         "teacher_decoder", description="copy the teacher's decoder as readout, or train an MLP head"
     )
+    mlp: MLPKind = Field("swiglu", description="block MLP of the transformer updater: swiglu or gelu")
 
     @property
     def label(self) -> str:

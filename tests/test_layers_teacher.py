@@ -168,3 +168,21 @@ def test_encode_positions_matches_single_windows(teacher):
     assert memories.shape == (2, 10, K * D)
     expected = teacher.encode(x[1:2, max(0, 6 - 7) : 7])  # window ending at 6, shorter than Tc=8
     torch.testing.assert_close(memories[1, 6], expected[0], atol=1e-5, rtol=1e-5)
+
+
+def test_gelu_mlp_has_two_thirds_of_swiglus_weights_and_only_it_moves_the_address():
+    """`mlp: gelu` (the reference's block MLP) is a real choice: the blocks hold the plain MLP, with 2 of
+    SwiGLU's 3 matrices, and it enters the teacher's address, while the default leaves old addresses as they were."""
+    from models.layers import GeluMLP, SwiGLU
+    from schemas.config import TeacherTrainConfig
+
+    swiglu, gelu = (TeacherModelConfig(vocab_size=16, width=32, heads=2, encoder_depth=1, decoder_depth=1,
+                                       memory_tokens=2, memory_dim=32, mlp=kind) for kind in ("swiglu", "gelu"))
+    blocks = {kind: [b.mlp for b in build_teacher(c).encoder.stack.blocks] for kind, c in (("s", swiglu), ("g", gelu))}
+    assert all(isinstance(m, SwiGLU) for m in blocks["s"]) and all(isinstance(m, GeluMLP) for m in blocks["g"])
+    weights = {k: sum(p.numel() for p in v[0].parameters()) for k, v in blocks.items()}
+    assert weights["g"] * 3 == weights["s"] * 2
+    assert "mlp" not in TeacherTrainConfig(model=swiglu).address_json()["model"]
+    assert TeacherTrainConfig(model=gelu).address_json()["model"]["mlp"] == "gelu"
+    out = build_teacher(gelu)(torch.randint(0, 16, (3, 5)), torch.randint(0, 16, (3, 4)))
+    assert out.shape == (3, 5, 16) and torch.isfinite(out).all()
