@@ -165,7 +165,7 @@ def bench_pipeline(args: argparse.Namespace, cfg: TeacherModelConfig, teacher: t
     tokens = build_tokens_artifact(
         TokensConfig(source="npy", url=f"{root}/tokens.npy", vocab_size=cfg.vocab_size, test_fraction=0), root
     )
-    config = TeacherTrainConfig(model=cfg).model_dump(mode="json")
+    config = TeacherTrainConfig(model=cfg).address_json()
     ref = plan_artifact(root, "teacher", config, {"tokens": tokens.hash})
     save_module(ref.join(TEACHER_FILE), teacher)
     publish_manifest(ref, config, {"tokens": tokens.hash})
@@ -188,8 +188,17 @@ def bench_pipeline(args: argparse.Namespace, cfg: TeacherModelConfig, teacher: t
         "pipeline_seconds": round(seconds, 2),
         "pipeline_labels_per_s": round(labels / seconds, 1),
         "worker_labels_per_s": round(labels / manifest.stats["encode_seconds"], 1),
+        "store_bytes": _bytes_under(store.url),
         "store": store.url,
     }
+
+
+def _bytes_under(url: str) -> int:
+    """Bytes of every file of a store (any fsspec URL): how store size grows with windows."""
+    from fsspec.core import url_to_fs
+
+    fs, path = url_to_fs(url)
+    return int(fs.du(path, total=True))
 
 
 def bench_reader(args: argparse.Namespace, cfg: TeacherModelConfig) -> dict:

@@ -52,7 +52,7 @@ def make_tokens(root: str, num_docs: int = 24, seed: int = 0) -> ArtifactRef:
 
 def make_teacher(root: str, tokens: ArtifactRef, model: TeacherModelConfig = TINY_MODEL, seed: int = 0) -> ArtifactRef:
     """Publish a random teacher in the teacher artifact layout (store/teacher.py)."""
-    config = TeacherTrainConfig(model=model).model_dump(mode="json")
+    config = TeacherTrainConfig(model=model).address_json()
     config["run"]["seed"] = seed  # different seeds -> different teacher hashes
     parents = {"tokens": tokens.hash}
     ref = plan_artifact(root, "teacher", config, parents)

@@ -77,7 +77,7 @@ def test_teacher_artifact_layout_and_reuse(chain: Chain) -> None:
         "manifest.json",
     }  # the checkpoint directory is gone once published
     manifest = read_manifest(chain.teacher.url, "teacher")
-    assert manifest.config == TEACHER_CFG.model_dump(mode="json")
+    assert manifest.config == TEACHER_CFG.address_json()
     assert manifest.parents == {"tokens": chain.tokens.hash}
     assert manifest.stats["steps"] == TEACHER_CFG.run.steps and manifest.stats["test_dec0_bits"] > 0
     metrics = pq.read_table(url / "metrics.parquet").to_pylist()
