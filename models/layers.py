@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from schemas.registry import BLOCK_MLPS, resolve
+
 
 def rms_normalize(x: Tensor, eps: float = 1e-6) -> Tensor:
     """Scale the last dimension to unit root-mean-square, with no learned gain.
@@ -116,9 +118,6 @@ class GeluMLP(nn.Module):
         return self.down(F.gelu(self.up(x)))
 
 
-MLPS: dict[str, type[nn.Module]] = {"swiglu": SwiGLU, "gelu": GeluMLP}  # schemas/config.py `mlp` choices
-
-
 class Block(nn.Module):
     """Pre-norm Transformer block: x + attn(norm(x)); x + mlp(norm(x))."""
 
@@ -127,7 +126,7 @@ class Block(nn.Module):
         self.attn_norm = RMSNorm(width)
         self.attn = Attention(width, heads)
         self.mlp_norm = RMSNorm(width)
-        self.mlp = MLPS[mlp](width, mlp_ratio * width)
+        self.mlp = resolve(BLOCK_MLPS[mlp])(width, mlp_ratio * width)  # schemas/registry.py
 
     def forward(
         self, x: Tensor, rope: tuple[Tensor, Tensor], key_mask: Tensor | None = None, causal: bool = False

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from schemas.registry import LABEL_CODECS, RNN_VARIANTS, SOURCES
+from schemas.registry import BLOCK_MLPS, LABEL_CODECS, RNN_VARIANTS, SOURCES
 
 SCHEMA_VERSION = 1  # bump when an artifact layout or manifest field changes incompatibly
 
@@ -40,7 +40,7 @@ class StrictModel(BaseModel):
 # ----------------------------------------------------------------------------- models
 
 
-MLPKind = Literal["swiglu", "gelu"]  # models/layers.py MLPS
+MLPKind = Literal[tuple(BLOCK_MLPS)]  # type: ignore[valid-type]  # schemas/registry.py
 
 
 class TeacherModelConfig(StrictModel):

@@ -30,6 +30,12 @@ SOURCES = {  # TokensConfig.source -> reader(cfg, stats) -> sources.read.Documen
 }
 
 
+BLOCK_MLPS = {  # TeacherModelConfig.mlp / RNNConfig.mlp -> a models.layers MLP, built as cls(width, hidden)
+    "swiglu": "models.layers:SwiGLU",
+    "gelu": "models.layers:GeluMLP",  # the reference implementation's MLP: 2/3 of SwiGLU's FLOPs
+}
+
+
 LABEL_CODECS = {  # LabelSpec.dtype -> a store.label_codecs codec (encode / decode the stored memories)
     "float16": "store.label_codecs:Float16Codec",
     "int8": "store.label_codecs:Int8Codec",
