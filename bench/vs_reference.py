@@ -9,8 +9,8 @@ holds the medians and ours / reference as a rate ratio (> 1: ours is faster).
 Figures (every training figure is a full optimiser step: forward, backward, AdamW):
   teacher_step  teacher + updater trained jointly (reference `forward_smt`; ours `teacher_step_loss`)
   smt_step      the RNN regressing labels: the reference re-encodes both memories with its frozen teacher
-                every step (`forward_smt` with the teacher frozen); ours reads labels made once (in memory
-                here; their cost is the `encoder` figure, paid once per store)
+                every step (`forward_smt`'s L_dyn alone, no grad into the teacher); ours reads labels made
+                once (in memory here; their cost is the `encoder` figure, paid once per store)
   dmt_step      DMT (reference `forward_dmt` encodes its targets in the step; ours reads them from the store)
   bptt_step     the BPTT baseline (`forward_bptt`; ours `bptt_step_loss`)
   infer_b1, infer_b64   RNN inference, update + readout per token, no grad
@@ -31,7 +31,6 @@ import importlib
 import json
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from bench.bench_train import cpu_name  # noqa: E402
+from bench.bench_train import cpu_name, timed  # noqa: E402
 from models.build import build_rnn, build_teacher  # noqa: E402
 from schemas.config import DMTConfig, OptimConfig, RNNConfig, TeacherModelConfig, TeacherTrainConfig  # noqa: E402
 from training.loop import build_optimizer, resolve_device  # noqa: E402
@@ -102,19 +101,6 @@ def import_reference(src: str):
                          "frozendict torch-einops-utils tqdm") from err
 
 
-def rate(call: Callable[[], None], items: int, steps: int, device: torch.device) -> float:
-    """Items per second over `steps` calls after one untimed call (CUDA synchronised)."""
-    call()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        call()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return items * steps / (time.perf_counter() - t0)
-
-
 def optimiser_step(params: list, loss: Callable[[], torch.Tensor]) -> Callable[[], None]:
     """One AdamW step of `loss` over `params` (lr as published; the value does not change the time)."""
     opt = build_optimizer(params, OptimConfig())
@@ -158,7 +144,13 @@ class Sides:
                 "ours_updater": count(self.rnn.updater_parameters())}
 
     def figure(self, name: str) -> tuple[Callable[[], None], Callable[[], None], int, str]:
-        """(reference call, our call, items per call, unit) for one figure."""
+        """(reference call, our call, items per call, unit) for one figure. Teachers train only in
+        `teacher_step`; every other figure gets them frozen, whatever order --only gives."""
+        hot = name == "teacher_step"
+        for module in (self.ref_teacher, self.teacher):
+            module.requires_grad_(hot)
+        for module in (self.ref_rnn, self.rnn):
+            module.requires_grad_(True)
         return getattr(self, name)()
 
     def teacher_step(self):
@@ -172,16 +164,21 @@ class Sides:
         ours_cfg = TeacherTrainConfig(model=self.model, updater=self.variant)
         anchors = torch.full((s.batch,), s.Tc - 1, device=self.device)  # full windows, as the reference's
         ours = optimiser_step([*self.teacher.parameters(), *self.rnn.updater_parameters()],
-                              lambda: teacher_step_loss(self.teacher, self.rnn, x, y, ours_cfg, anchors=anchors)["loss"])
+                              lambda: teacher_step_loss(self.teacher, self.rnn, x, y, ours_cfg, anchors=anchors)[
+                                  "loss"])
         return ref_call, ours, s.batch, "transitions/s"
 
     def smt_step(self):
         s, ref = self.s, self.ref
         x = self.tokens(s.batch, s.Tc + s.Tf)
-        cfg = ref.SMTConfig(T=s.Tc + s.Tf, Tc=s.Tc, Tf=s.Tf, coef_dec=0.0, coef_unif=0.0)
-        self.ref_teacher.requires_grad_(False)
-        ref_call = optimiser_step([*self.ref_rnn.rnn.parameters(), *self.ref_rnn.embed.parameters()],
-                                  lambda: ref.forward_smt(self.ref_rnn, self.ref_teacher, {"x": x, "y": x}, cfg)["loss"])
+
+        def ref_loss() -> torch.Tensor:  # forward_smt's L_dyn, frozen teacher, no decode and no L_unif
+            b = ref.get_smt_batch({"x": x, "y": x}, s.Tc, s.Tf)
+            with torch.no_grad():
+                m_now, m_next = self.ref_teacher.encode(b["x_ctx"]), self.ref_teacher.encode(b["x_ctx_next"])
+            return ref.calc_mse_loss(self.ref_rnn.rnn_update(m_now, b["x_fut"][:, [0]]), m_next).mean()
+
+        ref_call = optimiser_step([*self.ref_rnn.rnn.parameters(), *self.ref_rnn.embed.parameters()], ref_loss)
         with torch.no_grad():
             m_t = self.teacher.encode(x[:, : s.Tc])
             m_next = self.teacher.encode(x[:, 1 : s.Tc + 1])
@@ -195,15 +192,14 @@ class Sides:
         t = s.Tc + s.Td + s.Tf
         x = self.tokens(s.dmt_batch, t)
         cfg = ref.DMTConfig(T=t, Td=s.Td, Tc=s.Tc, Tf=s.Tf, k=s.k)
-        self.ref_teacher.requires_grad_(False)
+        batch = {"x": x, "y": x}
         ref_call = optimiser_step(list(self.ref_rnn.parameters()),
-                                  lambda: ref.forward_dmt(self.ref_rnn, self.ref_teacher, {"x": x, "y": x}, cfg)["loss"])
+                                  lambda: ref.forward_dmt(self.ref_rnn, self.ref_teacher, batch, cfg)["loss"])
         with torch.no_grad():  # the label store's memories after reading positions Tc-1 .. Tc-1+Td
             windows = torch.stack([x[:, i : i + s.Tc] for i in range(s.Td + 1)], 1)
             target = self.teacher.encode(windows.flatten(0, 1)).view(s.dmt_batch, s.Td + 1, -1)
         xs = x[:, s.Tc - 1 :]
         ours_cfg = DMTConfig(rollout_len=s.Td, pull_every=s.k)
-        self.teacher.requires_grad_(False)
         ours = optimiser_step(list(self.rnn.updater_parameters()),
                               lambda: dmt_step_loss(self.rnn, target, xs, xs, ours_cfg, self.teacher.decoder)["loss"])
         return ref_call, ours, 1, "steps/s"
@@ -214,7 +210,6 @@ class Sides:
         cfg = ref.BPTTConfig(T=s.bptt_T)
         ref_call = optimiser_step(list(self.ref_rnn.parameters()),
                                   lambda: ref.forward_bptt(self.ref_rnn, {"x": x, "y": x}, cfg)["loss"])
-        self.rnn.requires_grad_(True)
         ours = optimiser_step(list(self.rnn.parameters()), lambda: bptt_step_loss(self.rnn, x, x)["loss"])
         return ref_call, ours, s.bptt_batch * s.bptt_T, "tokens/s"
 
@@ -273,8 +268,8 @@ def main(argv: list[str] | None = None) -> dict:
         ref_call, ours, items, unit = sides.figure(name)
         ref_rates, our_rates = [], []
         for _ in range(a.pairs):
-            ref_rates.append(rate(ref_call, items, a.steps, device))
-            our_rates.append(rate(ours, items, a.steps, device))
+            ref_rates.append(items / timed(ref_call, a.steps, 1, device))
+            our_rates.append(items / timed(ours, a.steps, 1, device))
         ref_median, our_median = statistics.median(ref_rates), statistics.median(our_rates)
         report["figures"][name] = {
             "unit": unit, "reference": round(ref_median, 2), "ours": round(our_median, 2),
