@@ -149,15 +149,17 @@ def _stage_command(stage: str) -> Callable[..., None]:
     def command(
         config: ConfigArg,
         root: RootOpt = None,
-        variant: Annotated[list[str] | None, typer.Option(help="only these variant names")] = None,
+        variant: Annotated[
+            list[str] | None, typer.Option(help="only these variant names (`gru`: every seed of it, `gru@seed1`: one)")
+        ] = None,
         threads: ThreadsOpt = None,
     ) -> None:
         from flows.local import run_until
 
         cfg = _config(config, root, threads)
-        chosen = [v for v in cfg.variants if not variant or v.label in variant]
+        chosen = [v for v in cfg.students if not variant or v.label in variant or v.base_label in variant]
         if variant and not chosen:
-            raise ConfigError(f"no variant named {variant}; the config has {[v.label for v in cfg.variants]}")
+            raise ConfigError(f"no variant named {variant}; the config has {[v.label for v in cfg.students]}")
         from training.distributed import shutdown
 
         try:

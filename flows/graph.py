@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from schemas.config import BPTTConfig, PipelineConfig, RNNConfig
+from schemas.config import BPTTConfig, DistillConfig, DMTConfig, PipelineConfig, RNNConfig
 from stages.bptt import bptt_stage, budget_inputs
 from stages.distill import distill_stage
 from stages.dmt import dmt_stage
@@ -71,6 +71,17 @@ def role_of(stage: str, variant: RNNConfig | None = None) -> str:
     return "evaluation" if stage == "evaluate" else stage
 
 
+StageConfig = TypeVar("StageConfig", DistillConfig, DMTConfig, BPTTConfig)
+
+
+def seeded_for(stage_cfg: StageConfig, variant: RNNConfig) -> StageConfig:
+    """A student's stage config: its run seed shifted by the variant's seed (seed 0: unchanged bytes)."""
+    if not variant.seed:
+        return stage_cfg
+    run = stage_cfg.run.model_copy(update={"seed": stage_cfg.run.seed + variant.seed})
+    return stage_cfg.model_copy(update={"run": run})
+
+
 def plateau_config(cfg: PipelineConfig) -> BPTTConfig:
     """The BPTT baseline trained to a plateau: `bptt` with budget 'plateau' and its own step cap."""
     assert cfg.bptt_plateau is not None
@@ -92,12 +103,12 @@ def run_graph(
     if last not in STAGES:
         raise ValueError(f"unknown stage '{last}', expected one of {', '.join(ORDER)}")
     wanted = ORDER[: ORDER.index(last) + 1]
-    variants = list(cfg.variants) if variants is None else variants
+    variants = cfg.students if variants is None else variants
     root = cfg.root
     refs: dict[str, ArtifactRef] = {}
 
     def submit(name: str, of: RNNConfig | None = None, **params: Any) -> Any:  # of: the variant, if per variant
-        threads = threads_for(cfg.threads, name, len(cfg.variants))
+        threads = threads_for(cfg.threads, name, len(cfg.students))
         return executor.submit(STAGES[name], of, threads, {**params, "root": root})
 
     def done(name: str, handle: Any, variant: RNNConfig | None = None) -> ArtifactRef:
@@ -119,21 +130,22 @@ def run_graph(
         return refs
 
     distilled = {v.label: submit("distill", v, labels_url=labels.url, teacher_url=teacher.url, variant=v,
-                                 cfg=cfg.distill) for v in variants}
+                                 cfg=seeded_for(cfg.distill, v)) for v in variants}
     students: list[tuple[str, RNNConfig, Any]] = []
     for v in variants:
         smt = done("distill", distilled[v.label], v)
         if "dmt" in wanted:
             students.append(("dmt", v, submit(
-                "dmt", v, rnn_url=smt.url, labels_url=labels.url, teacher_url=teacher.url, cfg=cfg.dmt)))
+                "dmt", v, rnn_url=smt.url, labels_url=labels.url, teacher_url=teacher.url,
+                cfg=seeded_for(cfg.dmt, v))))
         if "bptt" in wanted:
             students.append(("bptt", v, submit(
-                "bptt", v, tokens_url=tokens.url, variant=v, teacher_url=teacher.url, cfg=cfg.bptt,
-                **budget_inputs(cfg, v, smt.url))))
+                "bptt", v, tokens_url=tokens.url, variant=v, teacher_url=teacher.url,
+                cfg=seeded_for(cfg.bptt, v), **budget_inputs(cfg, v, smt.url))))
             if cfg.bptt_plateau is not None:
                 students.append(("bptt_plateau", v, submit(
                     "bptt_plateau", v, tokens_url=tokens.url, variant=v, teacher_url=teacher.url,
-                    cfg=plateau_config(cfg))))
+                    cfg=seeded_for(plateau_config(cfg), v))))
     for name, v, handle in students:
         done(name, handle, v)
 

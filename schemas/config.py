@@ -80,7 +80,7 @@ RNNKind = Literal[tuple(RNN_VARIANTS)]  # type: ignore[valid-type]  # schemas/re
 class RNNConfig(StrictModel):
     """One RNN variant: an updater (Z, token) -> Z plus a readout Z -> logits (docs/method.md section 5)."""
 
-    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"mlp"})
+    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"mlp", "seed"})
 
     kind: RNNKind = Field("transformer", description="updater architecture")
     name: str | None = Field(None, description="label in reports; defaults to kind")
@@ -92,10 +92,18 @@ class RNNConfig(StrictModel):
         "teacher_decoder", description="copy the teacher's decoder as readout, or train an MLP head"
     )
     mlp: MLPKind = Field("swiglu", description="block MLP of the transformer updater: swiglu or gelu")
+    seed: int = Field(0, ge=0, description="student seed: added to the run seed of its distill, DMT and BPTT "
+                      "stages (init and data order); the teacher and label store stay shared")
+
+    @property
+    def base_label(self) -> str:
+        """The variant's name without its seed: what the report groups seeds under."""
+        return self.name or self.kind
 
     @property
     def label(self) -> str:
-        return self.name or self.kind
+        """Unique per student: `gru`, or `gru@seed1` for another seed of the same variant."""
+        return f"{self.base_label}@seed{self.seed}" if self.seed else self.base_label
 
 
 # ----------------------------------------------------------------------------- optimisation
@@ -131,7 +139,8 @@ class RunConfig(StrictModel):
 
 
 SourceKind = Literal[tuple(SOURCES)]  # type: ignore[valid-type]  # schemas/registry.py
-TaskName = Literal["retrieval", "copy", "stack", "keys_values", "modular", "parity"]
+# sources/synthetic.py TASKS (tests/test_rnn.py checks they agree)
+TaskName = Literal["retrieval", "copy", "stack", "keys_values", "mqar", "modular", "parity"]
 
 
 class TokensConfig(StrictModel):
@@ -173,6 +182,8 @@ class TokensConfig(StrictModel):
 class TeacherTrainConfig(StrictModel):
     """Teacher training: joint L_dec + L_dyn + L_unif with a reference Transformer updater."""
 
+    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"anchors"})
+
     model: TeacherModelConfig = Field(default_factory=TeacherModelConfig, description="teacher shape")
     updater: RNNConfig = Field(default_factory=RNNConfig, description="reference updater for L_dyn")
     run: RunConfig = Field(default_factory=RunConfig, description="loop settings")
@@ -183,6 +194,10 @@ class TeacherTrainConfig(StrictModel):
     gamma: float = Field(1.0, gt=0, le=1, description="future position j weighted by gamma**j")
     unif_t: float = Field(2.0, gt=0, description="temperature t of the uniformity loss")
     unif_samples: int = Field(512, ge=2, description="memory tokens sampled for L_unif")
+    anchors: Literal["uniform", "scored"] = Field(
+        "uniform", description="where m_t is taken: any position, or up to future_len-1 before a scored target "
+        "(sparse tasks such as retrieval: uniform anchors rarely put the answer in the decoder's future)",
+    )
 
 
 class LabelSpec(StrictModel):
@@ -305,6 +320,10 @@ class PipelineConfig(StrictModel):
     labels: LabelSpec = Field(default_factory=LabelSpec)
     beam: BeamConfig = Field(default_factory=BeamConfig)
     variants: list[RNNConfig] = Field(default_factory=lambda: [RNNConfig()], description="RNNs to train")
+    seeds: list[int] = Field(
+        default_factory=lambda: [0], min_length=1, description="train every variant once per seed (its students' "
+        "init and data order; one teacher and store for all): the report adds mean and spread over them",
+    )
     distill: DistillConfig = Field(default_factory=DistillConfig)
     dmt: DMTConfig = Field(default_factory=DMTConfig)
     bptt: BPTTConfig = Field(default_factory=BPTTConfig)
@@ -316,15 +335,22 @@ class PipelineConfig(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> PipelineConfig:
-        labels = [v.label for v in self.variants]
+        if any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct and >= 0, got {self.seeds}")
+        labels = [v.label for v in self.students]
         if len(set(labels)) != len(labels):
-            raise ValueError(f"variant names must be unique, got {labels}")
+            raise ValueError(f"variant names (with their seeds) must be unique, got {labels}")
         if self.dmt.rollout_len > self.labels.trajectory_len:
             raise ValueError(
                 f"dmt.rollout_len ({self.dmt.rollout_len}) exceeds labels.trajectory_len "
                 f"({self.labels.trajectory_len}): the store holds no memories that far"
             )
         return self
+
+    @property
+    def students(self) -> list[RNNConfig]:
+        """Every variant once per seed, in config order: the RNNs the flow trains (seed 0 keeps its label)."""
+        return [v.model_copy(update={"seed": v.seed + s}) for v in self.variants for s in self.seeds]
 
 
 class ConfigError(ValueError):

@@ -1,5 +1,6 @@
 """Seeded synthetic tasks of the SMT paper (SPEC section 8): retrieval, copy, stack, keys and values,
-modular arithmetic and parity.
+modular arithmetic and parity; and Zoology's multi-query associative recall (MQAR), the benchmark
+other recurrent-model papers report.
 
 Each task yields one document `(x, y)`: two int64 arrays of the same fixed length. `x[t]` is the
 token read at step t; `y[t]` is the target scored after reading `x[t]`, or -1 where nothing is scored
@@ -99,6 +100,24 @@ def keys_values_layout(keys: Sequence[int], values: Sequence[int], queries: Sequ
     return _doc(x, y)
 
 
+def mqar_layout(keys: Sequence[int], values: Sequence[int], query_slots: Sequence[int], filler: Sequence[int]) -> Doc:
+    """Multi-query associative recall (Zoology): `k1 v1 k2 v2 ...`, then the remaining positions hold
+    `filler`, except that key i is asked again at offset `2 * query_slots[i]` after the pairs; right
+    after reading an asked key, predict its value.
+
+    Example, keys [1 2], values [5 6], slots [1 0], filler [3 4 7 4 0]:
+        x = [1 5 2 6 2 4 1 4 0]    y = [-1 -1 -1 -1 6 -1 5 -1 -1]
+    """
+    n = len(keys)
+    pairs = [tok for kv in zip(keys, values, strict=True) for tok in kv]
+    x, y = [*pairs, *filler], [-1] * (2 * n + len(filler))
+    for key, value, slot in zip(keys, values, query_slots, strict=True):
+        pos = 2 * n + 2 * slot
+        _require(pos < len(x), "mqar_layout: a query slot lies past the end")
+        x[pos], y[pos] = key, value
+    return _doc(x, y)
+
+
 def modular_layout(xs: Sequence[int], w: int, b: int, modulus: int, num_unscored: int) -> Doc:
     """`x1 f(x1) x2 f(x2) ...` with f(x) = (w*x + b) mod p; after reading x_i predict f(x_i).
 
@@ -166,6 +185,21 @@ def keys_values(rng: np.random.Generator, num_pairs: int = 8, num_queries: int =
     return keys_values_layout(keys.tolist(), values.tolist(), queries.tolist(), vocab)
 
 
+def mqar(
+    rng: np.random.Generator, length: int = 64, num_pairs: int = 4, vocab: int = 8192, power_a: float = 0.01
+) -> Doc:
+    """MQAR as in Zoology's `multiquery_ar`: distinct keys from [1, vocab/2), distinct values from
+    [vocab/2, vocab), each key asked once after the pairs at an even gap drawn with probability
+    proportional to gap**(power_a - 1) (short gaps likely, as in text), random tokens elsewhere."""
+    keys = rng.choice(np.arange(1, vocab // 2), size=num_pairs, replace=False)
+    values = rng.choice(np.arange(vocab // 2, vocab), size=num_pairs, replace=False)
+    space = (length - 2 * num_pairs) // 2
+    p = np.arange(1, space + 1, dtype=np.float64) ** (power_a - 1)
+    slots = rng.choice(space, size=num_pairs, replace=False, p=p / p.sum())
+    filler = rng.integers(0, vocab, size=length - 2 * num_pairs)
+    return mqar_layout(keys.tolist(), values.tolist(), slots.tolist(), filler.tolist())
+
+
 def modular(rng: np.random.Generator, modulus: int = 7, num_examples: int = 16, num_unscored: int = 2) -> Doc:
     """In-context affine map mod p with hidden w in [1, p) (w=0 would be a constant) and b in [0, p)."""
     w = int(rng.integers(1, modulus))
@@ -230,6 +264,20 @@ def _check_keys_values(p: dict[str, Any]) -> None:
     )
 
 
+def _check_mqar(p: dict[str, Any]) -> None:
+    _require(p["num_pairs"] >= 1, f"mqar: num_pairs must be >= 1, got {p['num_pairs']}")
+    _require(p["length"] % 2 == 0, f"mqar: length must be even (queries sit at even gaps), got {p['length']}")
+    _require(
+        4 * p["num_pairs"] <= p["length"],
+        f"mqar: length ({p['length']}) must be >= 4 * num_pairs ({4 * p['num_pairs']}): pairs, then a slot per query",
+    )
+    _require(
+        p["num_pairs"] < p["vocab"] // 2,
+        f"mqar: vocab ({p['vocab']}) must exceed 2 * num_pairs: keys and values are distinct halves",
+    )
+    _require(p["power_a"] > 0, f"mqar: power_a must be > 0, got {p['power_a']}")
+
+
 def _check_modular(p: dict[str, Any]) -> None:
     _require(p["modulus"] >= 2, f"modular: modulus must be >= 2, got {p['modulus']}")
     _require(
@@ -255,6 +303,7 @@ TASKS: dict[str, TaskSpec] = {
         _check_keys_values,
         ("separator",),
     ),
+    "mqar": TaskSpec(mqar, lambda p: p["vocab"], lambda p: p["length"], _check_mqar),
     "modular": TaskSpec(modular, lambda p: p["modulus"], lambda p: 2 * p["num_examples"], _check_modular),
     "parity": TaskSpec(parity, lambda p: 2, lambda p: p["length"], _check_parity),
 }

@@ -192,7 +192,7 @@ def evaluate_stage(
             f"{cfg.prefix_len}..{last} (synthetic tasks score only their answer positions); "
             "raise evaluate.steps or change evaluate.prefix_len"
         )
-    head = {"rnn": "teacher", "variant": "teacher", "mode": "teacher_dec0", "start": "teacher"}
+    head = {"rnn": "teacher", "variant": "teacher", "seed": None, "mode": "teacher_dec0", "start": "teacher"}
     metrics += [{**head, **r} for r in ceiling if r["count"]]  # unscored positions carry nothing
     summary.append({**head, **summarise(ceiling)})
     for name, (rnn, manifest) in rnns.items():
@@ -200,7 +200,8 @@ def evaluate_stage(
         starts = ("init",) if mode_of(manifest) == "bptt" else ("teacher", "init")
         for start in starts:
             rows = read_loss_rows(rnn, teacher, x, y, cfg, start)
-            head = {"rnn": name, "variant": rnn.cfg.label, "mode": mode_of(manifest), "start": start}
+            head = {"rnn": name, "variant": rnn.cfg.base_label, "seed": rnn.cfg.seed, "mode": mode_of(manifest),
+                    "start": start}
             metrics += [{**head, **r} for r in rows if r["count"]]
             summary.append({**head, **summarise(rows)})
 

@@ -67,6 +67,44 @@ def _flag_below_ceiling(rows: list[dict[str, Any]], ceiling: float | None) -> li
     return flagged
 
 
+def role_mode(row: dict[str, Any]) -> str:
+    """The student's mode as its role names it (`smt`, `smt+dmt`, `bptt`, `bptt-plateau`): the summary's
+    `mode` column says how it was trained, which is `bptt` for both BPTT baselines."""
+    return row["rnn"].rsplit("/", 1)[-1]
+
+
+def seed_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and range over seeds of each (variant, mode, start) trained with more than one seed."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["rnn"] != "teacher":
+            groups.setdefault((row["variant"], role_mode(row), row["start"]), []).append(row)
+    out = []
+    for (variant, mode, start), group in groups.items():
+        if len(group) < 2:
+            continue
+        entry: dict[str, Any] = {"variant": variant, "mode": mode, "start": start,
+                                 "seeds": ",".join(str(r.get("seed") or 0) for r in group)}
+        for key, short in (("mean_bits", "bits"), ("accuracy", "accuracy")):
+            values = [r[key] for r in group if r.get(key) is not None]
+            mean = sum(values) / len(values) if values else None
+            entry.update({f"{short}_mean": mean, f"{short}_min": min(values, default=None),
+                          f"{short}_max": max(values, default=None)})
+        out.append(entry)
+    return out
+
+
+def seeds_section(rows: list[dict[str, Any]]) -> str:
+    table = seed_rows(rows)
+    if not table:
+        return ""
+    return (
+        "## Across seeds\n\nEach variant trained once per seed from the same teacher and label store (the seed "
+        "sets the students' init and data order): mean, lowest and highest over the seeds.\n\n"
+        + _table_markdown(table)
+    )
+
+
 def compute_rows(lineage: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
     """Training FLOPs per variant (counted from the shapes, training/flops.py): the SMT+DMT student alone,
     its BPTT baseline (budgeted to the student), and the student with the teacher and the label job, whole
@@ -170,6 +208,7 @@ def build_markdown(evaluation_url: str, lineage: dict[str, dict[str, str]], name
     parts.append("## SMT, SMT+DMT and BPTT side by side\n")
     parts.append(_table_markdown(_flag_below_ceiling(summary_rows(evaluation_url), ceiling)))
     parts.append("Bits are per scored token; `-` marks a span of positions where the task scores nothing.\n")
+    parts.append(seeds_section(summary_rows(evaluation_url)))
     parts.append(compute_section(lineage))
     plots = _listing(evaluation_url, ".png")
     if plots:

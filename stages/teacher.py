@@ -87,7 +87,11 @@ def teacher_stage(tokens_url: str, cfg: TeacherTrainConfig, root: str) -> Artifa
         def source() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             rng = np.random.default_rng(rank_seed(cfg.run.seed, ctx.rank, "teacher-data", start_step))
             while True:
-                x, y = train.anchored(rng, cfg.run.batch_size, mc.context_len - 1, mc.future_len + 1)
+                if cfg.anchors == "scored":
+                    x, y = train.near_scored(rng, cfg.run.batch_size, mc.context_len - 1, mc.future_len + 1,
+                                             mc.future_len)
+                else:
+                    x, y = train.anchored(rng, cfg.run.batch_size, mc.context_len - 1, mc.future_len + 1)
                 yield torch.from_numpy(x), torch.from_numpy(y)
 
         return Prefetcher(source, pin_memory=device.type == "cuda")

@@ -25,6 +25,7 @@ class DocumentCrops:
         self.lengths = tokens.index.column("length").to_numpy()[ids].astype(np.int64)
         self.x = tokens.tokens
         self.y = tokens.targets
+        self._scored: tuple[np.ndarray, np.ndarray] | None = None  # built on first use (`near_scored`, `scored`)
 
     @property
     def num_docs(self) -> int:
@@ -55,18 +56,43 @@ class DocumentCrops:
         anchors = np.clip(local, 0, np.maximum(self.lengths[docs] - 1, 0))
         return self._gather(docs, anchors - before, before + 1 + after)
 
+    def near_scored(
+        self, rng: np.random.Generator, batch: int, before: int, after: int, window: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Like `anchored`, but each anchor lies up to `window - 1` positions before a scored target (drawn
+        uniformly among the split's scored positions), so the decoder's future of `window` tokens always
+        holds something to score. Meant for sparse tasks (retrieval scores one token in 64): with uniform
+        anchors most steps teach the decoder nothing. Indexes every scored position once (int64 each)."""
+        if self._scored is None:
+            self._scored = self._scored_positions()
+        docs, positions = self._scored
+        if docs.size == 0:
+            raise ValueError(f"the '{self.split}' split has no scored targets to anchor near")
+        pick = rng.integers(0, docs.size, size=batch)
+        back = rng.integers(0, max(window, 1), size=batch)
+        anchors = np.maximum(positions[pick] - back, 0)
+        return self._gather(docs[pick], anchors - before, before + 1 + after)
+
+    def _scored_positions(self) -> tuple[np.ndarray, np.ndarray]:
+        """(document index, position in it) of every target with y >= 0."""
+        docs, positions = [], []
+        for d, (offset, length) in enumerate(zip(self.offsets, self.lengths, strict=True)):
+            local = np.flatnonzero(self.y[offset : offset + length] >= 0)
+            docs.append(np.full(local.size, d, dtype=np.int64))
+            positions.append(local)
+        if not docs:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        return np.concatenate(docs), np.concatenate(positions)
+
     def scored(
         self, rng: np.random.Generator, count: int, before: int, after: int = 0
     ) -> tuple[np.ndarray, np.ndarray]:
         """Like `anchored`, but anchors drawn (without replacement when possible) among positions
         whose target is scored (y >= 0): synthetic tasks score few positions, and a ceiling measured
         on unscored anchors would be empty."""
-        docs, anchors = [], []
-        for d, (offset, length) in enumerate(zip(self.offsets, self.lengths, strict=True)):
-            local = np.flatnonzero(self.y[offset : offset + length] >= 0)
-            docs.append(np.full(local.size, d, dtype=np.int64))
-            anchors.append(local)
-        all_docs, all_anchors = np.concatenate(docs), np.concatenate(anchors)
+        if self._scored is None:
+            self._scored = self._scored_positions()
+        all_docs, all_anchors = self._scored
         if all_docs.size == 0:
             empty = np.zeros((0, before + 1 + after), dtype=np.int64)
             return empty, empty.copy()

@@ -28,6 +28,9 @@ def test_missing_config_is_one_line(tmp_path):
         ("labels: {trajectory_len: 8}\n", "dmt.rollout_len (256) exceeds labels.trajectory_len (8)"),
         ("tokens: {source: text}\n", "needs a url"),
         ("- a\n- b\n", "expected a mapping"),
+        ("seeds: [0, 0]\n", "seeds must be distinct"),
+        ("seeds: []\n", "seeds"),
+        ("variants: [{kind: gru, seed: 1}, {kind: gru}]\nseeds: [0, 1]\n", "must be unique"),
     ],
 )
 def test_bad_config_names_the_problem(tmp_path, yaml_text, expected):

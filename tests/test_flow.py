@@ -97,12 +97,18 @@ def test_demo_flow_runs_then_reuses_every_stage(prefect_api, tmp_path):
 
     mlp = {"kind": "mlp", "width": 16, "depth": 1, "hidden": 64, "readout": "mlp"}
     cfg["variants"] = [transformer, gru, mlp]
-    _, third, _ = _run(cfg)
+    cfg["seeds"] = [0, 1]
+    report_seeds, third, names = _run(cfg)
     for stage in ("tokens", "teacher", "labels (Beam)"):
         assert third[stage] == ["Cached"], third
-    for stage in ("distill", "dmt", "bptt"):  # the two old variants are cached, only mlp trains
-        assert sorted(third[stage]) == ["Cached", "Cached", "Completed"], (stage, third)
+    for stage in ("distill", "dmt", "bptt"):  # the two old students are cached; mlp and every seed 1 train
+        assert sorted(third[stage]) == ["Cached"] * 2 + ["Completed"] * 4, (stage, third)
     assert third["evaluate"] == ["Completed"]
+    assert {"distill[gru@seed1]", "dmt[mlp@seed1]", "bptt[transformer@seed1]"} <= names
+    text = Path(report_seeds).read_text()
+    seeds_table = text.split("## Across seeds", 1)[1].split("##", 1)[0]
+    assert "| gru | smt+dmt | init | 0,1 |" in seeds_table and "| mlp | bptt | init | 0,1 |" in seeds_table
+    assert "| gru | bptt-plateau | init | 0,1 |" in seeds_table and "0,0" not in seeds_table
 
     # an artifact deleted by hand is rebuilt, not trusted from Prefect's cache
     import shutil
@@ -110,7 +116,7 @@ def test_demo_flow_runs_then_reuses_every_stage(prefect_api, tmp_path):
     bptt_url = next(ref["url"] for ref in _lineage(report) if ref["role"] == "gru/bptt")
     shutil.rmtree(bptt_url)
     _, fourth, _ = _run(cfg)
-    assert sorted(fourth["bptt"]) == ["Cached", "Cached", "Completed"], fourth
+    assert sorted(fourth["bptt"]) == ["Cached"] * 5 + ["Completed"], fourth
     assert Path(bptt_url, "manifest.json").exists()
 
 

@@ -174,6 +174,10 @@ def test_registry_is_what_the_config_accepts_and_every_entry_builds():
 
     assert set(typing.get_args(RNNConfig.model_fields["kind"].annotation)) == set(RNN_KINDS)
     assert set(typing.get_args(SourceKind)) == set(SOURCES)
+    from schemas.config import TaskName
+    from sources.synthetic import TASKS
+
+    assert set(typing.get_args(TaskName)) == set(TASKS)  # every synthetic task can be named in a config
     for path in RNN_KINDS.values():
         assert issubclass(resolve(path), RNN), path
     for path in SOURCES.values():

@@ -274,3 +274,37 @@ def test_teacher_quality_gate_stops_a_teacher_that_learned_nothing(chain: Chain,
 def test_unigram_bits() -> None:
     assert unigram_bits(np.array([0, 1, 2, 3, -1, -1])) == pytest.approx(2.0)
     assert unigram_bits(np.array([5, 5, 5, -1])) == 0.0
+
+
+def test_a_second_seed_trains_another_student_and_seed_0_keeps_its_address(chain: Chain, rnns: dict[str, str]) -> None:
+    from flows.graph import seeded_for
+
+    assert seeded_for(DISTILL_CFG, GRU) is DISTILL_CFG  # seed 0: the config (and address) of a run without seeds
+    gru1 = GRU.model_copy(update={"seed": 1})
+    assert gru1.label == "gru@seed1" and gru1.base_label == "gru"
+    ref = distill_stage(chain.labels.url, chain.teacher.url, gru1, seeded_for(DISTILL_CFG, gru1), chain.root)
+    assert ref.url != rnns["gru/smt"]
+    first, _ = load_rnn(rnns["gru/smt"])
+    second, _ = load_rnn(ref.url)
+    assert second.cfg.seed == 1 and not state_equal(first, second)  # its own init and data order
+    assert read_manifest(ref.url).config["train"]["run"]["seed"] == DISTILL_CFG.run.seed + 1
+
+
+def test_seed_rows_give_mean_and_range_per_variant_mode_and_start() -> None:
+    from schemas.config import PipelineConfig
+    from stages.report import seed_rows
+
+    cfg = PipelineConfig(variants=[GRU, TRANSFORMER], seeds=[0, 2])
+    assert [v.label for v in cfg.students] == ["gru", "gru@seed2", "transformer", "transformer@seed2"]
+    row = {"mode": "smt", "start": "init", "accuracy": 0.5}
+    rows = [{"rnn": "teacher", "variant": "teacher", "seed": None, "mode": "teacher_dec0", "start": "teacher",
+             "mean_bits": 0.1, "accuracy": 1.0},
+            {**row, "rnn": "gru/smt", "variant": "gru", "seed": 0, "mean_bits": 1.0},
+            {**row, "rnn": "gru@seed2/smt", "variant": "gru", "seed": 2, "mean_bits": 2.0, "accuracy": 0.7},
+            {**row, "rnn": "transformer/smt", "variant": "transformer", "seed": 0, "mean_bits": 1.0},
+            {**row, "rnn": "transformer/bptt", "variant": "transformer", "seed": 0, "mode": "bptt"},
+            {**row, "rnn": "transformer/bptt-plateau", "variant": "transformer", "seed": 0, "mode": "bptt"}]
+    (only,) = seed_rows(rows)  # the teacher, a variant with one seed, two different baselines: no spread
+    assert only == {"variant": "gru", "mode": "smt", "start": "init", "seeds": "0,2", "bits_mean": 1.5,
+                    "bits_min": 1.0, "bits_max": 2.0, "accuracy_mean": 0.6, "accuracy_min": 0.5,
+                    "accuracy_max": 0.7}

@@ -317,6 +317,26 @@ def test_anchors_reach_the_last_position():
         assert (xs[:, 1] == -1).any() and (xs[:, 0] >= 0).all()
 
 
+def test_scored_anchors_put_a_scored_target_in_the_decoders_future(tmp_path):
+    """anchors='scored' (sparse tasks): every crop's future window holds a target, at every offset in it."""
+    import numpy as np
+
+    from schemas.config import TokensConfig
+    from store.crops import DocumentCrops
+    from store.tokens import TokensArtifact, build_tokens_artifact
+
+    cfg = TokensConfig(source="synthetic", task="retrieval", task_params={"length": 32, "vocab": 4}, num_docs=64)
+    crops = DocumentCrops(TokensArtifact.open(build_tokens_artifact(cfg, str(tmp_path)).url), "train")
+    before, window = 7, 5
+    x, y = crops.near_scored(np.random.default_rng(0), 3000, before, window + 1, window)
+    future = y[:, before : before + window]  # y_fut of the anchor at column `before`
+    assert (x[:, before] >= 0).all() and ((future >= 0).sum(1) == 1).all()
+    offsets = (future >= 0).argmax(1)
+    assert set(offsets.tolist()) == set(range(window))  # the answer at j = 0 (memory only) and later
+    _, y_uniform = crops.anchored(np.random.default_rng(0), 3000, before, window + 1)
+    assert ((y_uniform[:, before : before + window] >= 0).sum(1) == 0).mean() > 0.5  # why: most miss it
+
+
 def test_dmt_updater_gets_gradient_under_bf16_autocast(models):
     """The no-grad rollout must not leave autocast weight casts that cut the recomputed step's gradient."""
     _, rnn, x, y, targets, cfg = pull_only(models, pull_every=4)

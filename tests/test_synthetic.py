@@ -15,6 +15,7 @@ from sources.synthetic import (
     generate_task,
     keys_values_layout,
     modular_layout,
+    mqar_layout,
     parity_layout,
     reserved_tokens,
     resolve_params,
@@ -56,6 +57,11 @@ def test_keys_values_layout_by_hand() -> None:
     _eq(doc, [2, 1, 0, 1, 4, 0, 2], [-1, -1, -1, -1, -1, 1, 1])
     doc = keys_values_layout([3, 1, 0], [0, 2, 3], [1, 1, 0], vocab=4)
     _eq(doc, [3, 0, 1, 2, 0, 3, 4, 1, 1, 0], [-1] * 7 + [2, 2, 3])
+
+
+def test_mqar_layout_by_hand() -> None:
+    doc = mqar_layout([1, 2], [5, 6], [1, 0], [3, 4, 7, 4, 0])
+    _eq(doc, [1, 5, 2, 6, 2, 4, 1, 4, 0], [-1, -1, -1, -1, 6, -1, 5, -1, -1])
 
 
 def test_modular_layout_by_hand() -> None:
@@ -137,6 +143,23 @@ def test_keys_values_labels_recomputed() -> None:
         table = {int(k): int(v) for k, v in zip(keys, values, strict=True)}
         assert (y[:11] == -1).all()
         assert [table[int(q)] for q in x[11:]] == y[11:].tolist()
+
+
+def test_mqar_labels_recomputed() -> None:
+    n, length, vocab = 4, 64, 64
+    gaps = []
+    for x, y in generate_task("mqar", NUM_DOCS, seed=5, length=length, num_pairs=n, vocab=vocab):
+        keys, values = x[0 : 2 * n : 2], x[1 : 2 * n : 2]
+        assert len(set(keys.tolist())) == n and (keys >= 1).all() and (keys < vocab // 2).all()
+        assert len(set(values.tolist())) == n and (values >= vocab // 2).all()
+        table = {int(k): int(v) for k, v in zip(keys, values, strict=True)}
+        scored = np.flatnonzero(y >= 0)
+        assert len(scored) == n and (scored >= 2 * n).all() and ((scored - 2 * n) % 2 == 0).all()
+        assert sorted(int(x[t]) for t in scored) == sorted(table)  # every key asked once
+        assert all(y[t] == table[int(x[t])] for t in scored)
+        gaps += ((scored - 2 * n) // 2).tolist()
+    space = (length - 2 * n) // 2  # query slots; uniform gaps would average (space - 1) / 2
+    assert np.mean(gaps) < 0.75 * (space - 1) / 2  # power law: short gaps likelier, as Zoology draws them
 
 
 def test_modular_labels_recomputed() -> None:
@@ -236,6 +259,9 @@ def test_unknown_param_lists_valid_ones() -> None:
         ("stack", {"max_depth": 0}, "max_depth must be >= 1"),
         ("keys_values", {"num_pairs": 20, "vocab": 16}, "num_pairs .* must be <= vocab"),
         ("modular", {"num_unscored": 16}, "num_unscored < num_examples"),
+        ("mqar", {"length": 63}, "length must be even"),
+        ("mqar", {"length": 16, "num_pairs": 5}, "length .* must be >= 4 \\* num_pairs"),
+        ("mqar", {"vocab": 8, "num_pairs": 4}, "vocab .* must exceed 2 \\* num_pairs"),
         ("parity", {"length": 0}, "length must be >= 1"),
         ("copy", {"length": 2.5}, "length must be an int"),
         ("parity", {"running": 1}, "running must be a bool"),

@@ -1,0 +1,129 @@
+"""docs/RESULTS.md from the experiment records in docs/results/ (written by experiments/run.py).
+
+Everything in the page is generated except each experiment's reading, which is prose kept in
+`docs/results/<name>.reading.md` beside its record: numbers come from records, judgements from people.
+
+    python -m experiments.render        # rewrite docs/RESULTS.md
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from experiments.run import RESULTS
+from stages.report import role_mode
+
+HEADER = """# Results
+
+Made by `python -m experiments.run CONFIG` (one command per experiment; configs in
+`configs/experiments/`), rendered by `python -m experiments.render`. Every table comes from the record
+`docs/results/<name>.json`, which also holds the full config and every artifact address. Bits are per scored
+token on the held-out split, read from the RNN's own initial memory (`init`) unless the row says `teacher`
+(the RNN starts from the teacher's memory of a prefix). Accuracy is on scored tokens only (the answers).
+Compute is training FLOPs counted from the shapes (training/flops.py): the BPTT baseline gets the SMT+DMT
+student's own budget; the teacher and label job are shown apart (docs/comparison.md).
+"""
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
+    if not rows:
+        return "_(no rows)_\n"
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_cell(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def students_table(record: dict[str, Any]) -> str:
+    """One row per (variant, mode): accuracy and bits from the initial memory, mean and range over seeds."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in record["summary"]:
+        if row["rnn"] != "teacher" and row["start"] == "init":
+            groups.setdefault((row["variant"], role_mode(row)), []).append(row)
+    rows = []
+    for (variant, mode), group in groups.items():
+        acc = [r["accuracy"] for r in group if r.get("accuracy") is not None]
+        bits = [r["mean_bits"] for r in group if r.get("mean_bits") is not None]
+        rows.append({
+            "variant": variant, "mode": mode, "seeds": len(group),
+            "accuracy": _spread(acc), "bits": _spread(bits),
+        })
+    return _table(rows, ["variant", "mode", "seeds", "accuracy", "bits"])
+
+
+def _spread(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.3g}"
+    return f"{mean:.3g} [{min(values):.3g}, {max(values):.3g}]"
+
+
+def teacher_line(record: dict[str, Any]) -> str:
+    t = record["teacher"]
+    row = next((r for r in record["summary"] if r["rnn"] == "teacher"), {})
+    acc = row.get("accuracy")
+    parts = [f"teacher ({t.get('steps')} steps): held-out L_dec0 {_cell(t.get('test_dec0_bits'))} bits"]
+    if t.get("test_unigram_bits") is not None:
+        parts.append(f"unigram {_cell(t['test_unigram_bits'])}, chance {_cell(t.get('chance_bits'))}")
+    if acc is not None:
+        parts.append(f"accuracy from its memory on the evaluated positions {acc:.3g}")
+    return "; ".join(parts) + "."
+
+
+def compute_table(record: dict[str, Any]) -> str:
+    rows = record.get("compute") or []
+    if not rows:
+        return ""
+    cols = [c for c in rows[0] if c != "variant"]
+    return _table(rows, ["variant", *cols])
+
+
+def section(record: dict[str, Any], folder: Path) -> str:
+    name = record["name"]
+    m = record["machine"]
+    stages = ", ".join(f"{role} {s:g} s" for role, s in sorted(record.get("stage_seconds", {}).items()))
+    parts = [
+        f"## {name}\n",
+        f"Config `{record['config_path']}`, seeds {record['seeds']}, {m['device']}, torch {m['torch']}, "
+        f"{record['date']}; wall clock {record['wall_clock_s']:g} s for the whole run (stages: {stages}).\n",
+        teacher_line(record) + "\n",
+        students_table(record),
+    ]
+    compute = compute_table(record)
+    if compute:
+        parts += ["Training compute (TFLOP):\n", compute]
+    for figure in record.get("figures", []):
+        parts.append(f"![{figure}](results/{figure})\n")
+    reading = folder / f"{name}.reading.md"
+    if reading.exists():
+        parts.append("**Reading.** " + reading.read_text().strip() + "\n")
+    return "\n".join(parts)
+
+
+def render(folder: Path = RESULTS) -> str:
+    records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    if not records:
+        return HEADER + "\n_No experiment recorded yet._\n"
+    return HEADER + "\n" + "\n".join(section(r, folder) for r in records)
+
+
+def write_results(folder: Path = RESULTS, target: Path | None = None) -> Path:
+    target = target or folder.parent / "RESULTS.md"
+    target.write_text(render(folder))
+    return target
+
+
+if __name__ == "__main__":
+    print(write_results())
