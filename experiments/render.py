@@ -45,20 +45,25 @@ def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
 
 
 def students_table(record: dict[str, Any]) -> str:
-    """One row per (variant, mode): accuracy and bits from the initial memory, mean and range over seeds."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    """One row per (variant, mode): accuracy and bits from the RNN's initial memory, and accuracy when it
+    starts from the teacher's memory of the prefix; mean and [lowest, highest] over seeds."""
+    groups: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = {}
     for row in record["summary"]:
-        if row["rnn"] != "teacher" and row["start"] == "init":
-            groups.setdefault((row["variant"], role_mode(row)), []).append(row)
+        if row["rnn"] != "teacher":
+            groups.setdefault((row["variant"], role_mode(row)), {}).setdefault(row["start"], []).append(row)
     rows = []
-    for (variant, mode), group in groups.items():
-        acc = [r["accuracy"] for r in group if r.get("accuracy") is not None]
-        bits = [r["mean_bits"] for r in group if r.get("mean_bits") is not None]
+    for (variant, mode), starts in groups.items():
+        init, prefix = starts.get("init", []), starts.get("teacher", [])
         rows.append({
-            "variant": variant, "mode": mode, "seeds": len(group),
-            "accuracy": _spread(acc), "bits": _spread(bits),
+            "variant": variant, "mode": mode, "seeds": len(init),
+            "accuracy": _spread(_values(init, "accuracy")), "bits": _spread(_values(init, "mean_bits")),
+            "accuracy from the teacher's prefix": _spread(_values(prefix, "accuracy")),
         })
-    return _table(rows, ["variant", "mode", "seeds", "accuracy", "bits"])
+    return _table(rows, ["variant", "mode", "seeds", "accuracy", "bits", "accuracy from the teacher's prefix"])
+
+
+def _values(rows: list[dict[str, Any]], key: str) -> list[float]:
+    return [r[key] for r in rows if r.get(key) is not None]
 
 
 def _spread(values: list[float]) -> str:
@@ -90,6 +95,10 @@ def compute_table(record: dict[str, Any]) -> str:
     return _table(rows, ["variant", *cols])
 
 
+def _total(record: dict[str, Any]) -> float:
+    return round(sum(record.get("stage_seconds", {}).values()), 1)
+
+
 def section(record: dict[str, Any], folder: Path) -> str:
     name = record["name"]
     m = record["machine"]
@@ -97,7 +106,9 @@ def section(record: dict[str, Any], folder: Path) -> str:
     parts = [
         f"## {name}\n",
         f"Config `{record['config_path']}`, seeds {record['seeds']}, {m['device']}, torch {m['torch']}, "
-        f"{record['date']}; wall clock {record['wall_clock_s']:g} s for the whole run (stages: {stages}).\n",
+        f"{record['date']}. Wall clock: {_total(record):g} s summed over the stages that made its artifacts "
+        f"({stages}); the recording run took {record['wall_clock_s']:g} s (artifacts that existed already "
+        "were re-used).\n",
         teacher_line(record) + "\n",
         students_table(record),
     ]

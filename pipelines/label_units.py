@@ -41,13 +41,16 @@ def plan_windows(tokens: TokensArtifact, spec: LabelSpec) -> pa.Table:
     """Choose every window deterministically: (window, doc_id, anchor, split, shard), sorted by doc, anchor.
 
     A window with anchor `a` needs memories at `a .. a+L`, so a document of `n` tokens offers anchors
-    `0 .. n-1-L` (anchors near the start are kept: their contexts are left-padded, as the RNN sees them).
+    `0 .. n-1-L` (anchors near the start are kept: their contexts are left-padded, as the RNN sees them),
+    and with `spec.from_empty` also `-1`: the memory of the empty context, the one every RNN starts from
+    (`rnn.initial`), so students are trained on their first updates too.
     `num_windows` draws that many anchors uniformly over all offered ones without replacement (seeded
     by `spec.seed`); null takes every `stride`-th anchor of every document.
     """
     split = None if spec.split == "all" else spec.split
     doc_ids = tokens.doc_ids(split)
-    offered = np.maximum(tokens.lengths(split) - spec.trajectory_len, 0).astype(np.int64)
+    first = -1 if spec.from_empty else 0
+    offered = np.maximum(tokens.lengths(split) - spec.trajectory_len - first, 0).astype(np.int64)
     if spec.num_windows is None:
         per_doc = -(-offered // spec.stride)
         doc_of = np.repeat(np.arange(len(doc_ids)), per_doc)
@@ -60,10 +63,12 @@ def plan_windows(tokens: TokensArtifact, spec: LabelSpec) -> pa.Table:
         ends = np.cumsum(offered)
         doc_of = np.searchsorted(ends, picks, side="right")
         anchors = picks - (ends - offered)[doc_of]
+    anchors = anchors + first
     if len(doc_of) == 0:
+        need = spec.trajectory_len + 1 + first
         raise ArtifactError(
             f"no document of split '{spec.split}' is long enough for trajectory_len {spec.trajectory_len} "
-            f"(a window needs L+1 = {spec.trajectory_len + 1} tokens)"
+            f"(a window needs {need} tokens)"
         )
     n = len(doc_of)
     windows = np.arange(n, dtype=np.int64)
@@ -83,17 +88,18 @@ def plan_windows(tokens: TokensArtifact, spec: LabelSpec) -> pa.Table:
 def window_tokens(
     tokens: TokensArtifact, doc_ids: np.ndarray, anchors: np.ndarray, geometry: LabelGeometry
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Tokens and targets of windows, each (n, Tc+L+Tf) int64: positions a-Tc+1 .. a+L+Tf, -1 outside."""
+    """Tokens and targets of windows, each (n, Tc+L+Tf) int64: positions a-Tc+1 .. a+L+Tf, -1 outside
+    (anchors from -1: the window of the empty memory)."""
     tc, p = geometry.context_len, geometry.positions
     x_out = np.full((len(doc_ids), p), NO_TARGET, dtype=np.int64)
     y_out = np.full_like(x_out, NO_TARGET)
     for doc in np.unique(doc_ids):
         rows = np.flatnonzero(doc_ids == doc)
         x, y = tokens.document(int(doc))
-        pad_left, pad_right = np.full(tc - 1, NO_TARGET), np.full(p, NO_TARGET)
+        pad_left, pad_right = np.full(tc, NO_TARGET), np.full(p, NO_TARGET)
         xp = np.concatenate([pad_left, x, pad_right])
         yp = np.concatenate([pad_left, y, pad_right])
-        idx = anchors[rows, None] + np.arange(p)[None, :]  # xp[a + i] is position a - Tc + 1 + i
+        idx = anchors[rows, None] + 1 + np.arange(p)[None, :]  # xp[a + 1 + i] is position a - Tc + 1 + i
         x_out[rows], y_out[rows] = xp[idx], yp[idx]
     return x_out, y_out
 

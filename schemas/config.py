@@ -207,6 +207,10 @@ class LabelSpec(StrictModel):
     num_windows: int | None = Field(1024, ge=1, description="windows to sample; null = all at `stride`")
     stride: int = Field(256, ge=1, description="step between window anchors when num_windows is null")
     split: Literal["train", "test", "all"] = Field("train", description="documents to label")
+    from_empty: bool = Field(
+        True, description="also offer windows starting at the empty memory (anchor -1), the memory every RNN "
+        "starts from, so students learn their first updates (false: only memories that have read a token)",
+    )
     dtype: Literal[tuple(LABEL_CODECS)] = Field(  # type: ignore[valid-type]  # schemas/registry.py
         "float16", description="memory storage codec (float16, or int8 with a scale per memory token)"
     )

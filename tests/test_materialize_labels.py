@@ -104,9 +104,37 @@ def test_plan_is_seeded_and_covers_documents(label_env):
     lengths = tokens.index.column("length").to_numpy()
     assert ((plan.anchor + TINY_SPEC.trajectory_len) < lengths[plan.doc_id]).all()
     assert plan[["doc_id", "anchor"]].drop_duplicates().shape[0] == 24
+    assert (plan.anchor >= -1).all()
     strided = plan_windows(tokens, LabelSpec(trajectory_len=8, num_windows=None, stride=5, split="all")).to_pandas()
-    expected = sum(len(range(0, max(n - 8, 0), 5)) for n in lengths)
+    expected = sum(len(range(-1, max(n - 8, 0), 5)) for n in lengths if n >= 8)
     assert len(strided) == expected and set(strided.split) == {"train", "test"}
+    assert (strided.groupby("doc_id").anchor.min() == -1).all()  # each document from its empty memory on
+    old = plan_windows(tokens, LabelSpec(trajectory_len=8, num_windows=None, stride=5, split="all", from_empty=False))
+    assert old.to_pandas().anchor.min() == 0
+    assert len(old) == sum(len(range(0, max(n - 8, 0), 5)) for n in lengths)
+
+
+def test_a_window_from_the_empty_memory_starts_at_the_rnns_initial_memory(label_env):
+    """Anchor -1: the first stored memory is the teacher's encoding of an empty context, which is what
+    distill copies into `rnn.initial`; its first transition reads the document's first token."""
+    import torch
+
+    from pipelines.label_units import window_tokens
+    from store.label_layout import LabelGeometry
+    from store.teacher import load_teacher, teacher_config
+
+    tokens = TokensArtifact.open(label_env.tokens.url)
+    teacher, manifest = load_teacher(label_env.teacher.url)
+    model = teacher_config(manifest).model
+    geometry = LabelGeometry.build(TINY_SPEC, model, 1)
+    x, _ = window_tokens(tokens, np.array([0, 0]), np.array([-1, 0]), geometry)
+    tc = model.context_len
+    assert (x[0, :tc] == -1).all() and x[0, tc] == tokens.document(0)[0][0]
+    assert (x[0, 1:] == x[1, :-1]).all()  # anchor 0 is the same window one position later
+    with torch.no_grad():
+        empty = teacher.encode(torch.full((1, tc), -1, dtype=torch.long))
+        first = teacher.encode(torch.from_numpy(x[:1, :tc]))
+    torch.testing.assert_close(first, empty)
 
 
 def test_multiprocess_runner_and_stride_store(label_env, tmp_path):
