@@ -25,7 +25,7 @@ from schemas.config import PipelineConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
-FIGURES = ("read_loss_init.png", "compute.png")
+REPORT_FIGURES = ("compute.png",)
 
 
 def smoke_config(cfg: PipelineConfig) -> PipelineConfig:
@@ -114,19 +114,24 @@ def _seconds(stats: dict[str, Any]) -> float | None:
     return round(float(value), 1) if isinstance(value, int | float) else None
 
 
+def _pngs(url: str) -> list[str]:
+    fs, path = url_to_fs(url)
+    return sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if p.endswith(".png"))
+
+
 def save(record: dict[str, Any], report_url: str, out: Path) -> Path:
     """Write `<out>/<name>.json` and copy the report's figures to `<out>/<name>/`."""
     out.mkdir(parents=True, exist_ok=True)
     figures = out / record["name"]
     figures.mkdir(exist_ok=True)
     copied = []
-    for name in FIGURES:  # the read-loss plots are the evaluation's, the compute plot the report's
-        for folder in (record["evaluation"], report_url.rsplit("/", 1)[0]):
-            fs, path = url_to_fs(f"{folder.rstrip('/')}/{name}")
-            if fs.exists(path):
-                (figures / name).write_bytes(fs.cat_file(path))
-                copied.append(f"{record['name']}/{name}")
-                break
+    sources = [(record["evaluation"], name) for name in _pngs(record["evaluation"])]
+    sources += [(report_url.rsplit("/", 1)[0], name) for name in REPORT_FIGURES]
+    for folder, name in sources:  # read-loss plots and samples are the evaluation's, the compute plot the report's
+        fs, path = url_to_fs(f"{folder.rstrip('/')}/{name}")
+        if fs.exists(path):
+            (figures / name).write_bytes(fs.cat_file(path))
+            copied.append(f"{record['name']}/{name}")
     record = {**record, "figures": copied}
     path = out / f"{record['name']}.json"
     path.write_text(json.dumps(record, indent=1, default=str) + "\n")
