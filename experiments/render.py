@@ -9,12 +9,11 @@ Everything in the page is generated except each experiment's reading, which is p
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 from experiments.run import RESULTS
-from stages.report import role_mode
+from stages.report import cell, markdown_table, role_mode
 
 HEADER = """# Results
 
@@ -26,22 +25,6 @@ token on the held-out split, read from the RNN's own initial memory (`init`) unl
 Compute is training FLOPs counted from the shapes (training/flops.py): the BPTT baseline gets the SMT+DMT
 student's own budget; the teacher and label job are shown apart (docs/comparison.md).
 """
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.4g}"
-    return str(value)
-
-
-def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
-    if not rows:
-        return "_(no rows)_\n"
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_cell(r.get(c)) for c in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
 
 
 def students_table(record: dict[str, Any]) -> str:
@@ -59,7 +42,7 @@ def students_table(record: dict[str, Any]) -> str:
             "accuracy": _spread(_values(init, "accuracy")), "bits": _spread(_values(init, "mean_bits")),
             "accuracy from the teacher's prefix": _spread(_values(prefix, "accuracy")),
         })
-    return _table(rows, ["variant", "mode", "seeds", "accuracy", "bits", "accuracy from the teacher's prefix"])
+    return markdown_table(rows)  # columns in the rows' key order
 
 
 def _values(rows: list[dict[str, Any]], key: str) -> list[float]:
@@ -79,9 +62,9 @@ def teacher_line(record: dict[str, Any]) -> str:
     t = record["teacher"]
     row = next((r for r in record["summary"] if r["rnn"] == "teacher"), {})
     acc = row.get("accuracy")
-    parts = [f"teacher ({t.get('steps')} steps): held-out L_dec0 {_cell(t.get('test_dec0_bits'))} bits"]
+    parts = [f"teacher ({t.get('steps')} steps): held-out L_dec0 {cell(t.get('test_dec0_bits'))} bits"]
     if t.get("test_unigram_bits") is not None:
-        parts.append(f"unigram {_cell(t['test_unigram_bits'])}, chance {_cell(t.get('chance_bits'))}")
+        parts.append(f"unigram {cell(t['test_unigram_bits'])}, chance {cell(t.get('chance_bits'))}")
     if acc is not None:
         parts.append(f"accuracy from its memory on the evaluated positions {acc:.3g}")
     return "; ".join(parts) + "."
@@ -91,8 +74,7 @@ def compute_table(record: dict[str, Any]) -> str:
     rows = record.get("compute") or []
     if not rows:
         return ""
-    cols = [c for c in rows[0] if c != "variant"]
-    return _table(rows, ["variant", *cols])
+    return markdown_table(rows)
 
 
 def _total(record: dict[str, Any]) -> float:

@@ -95,7 +95,7 @@ def run_experiment(cfg: PipelineConfig, config_path: str) -> tuple[dict[str, Any
         "seeds": cfg.seeds,
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
-        "wall_clock_s": round(seconds, 1),  # 0 when every artifact already existed
+        "wall_clock_s": round(seconds, 1),  # this invocation only: re-used artifacts cost it nothing
         "stage_seconds": {role: _seconds(s) for role, s in stats.items() if _seconds(s) is not None},
         "teacher": {k: stats["teacher"].get(k) for k in ("test_dec0_bits", "test_unigram_bits", "chance_bits",
                                                         "steps", "train_flops")},
@@ -114,18 +114,15 @@ def _seconds(stats: dict[str, Any]) -> float | None:
     return round(float(value), 1) if isinstance(value, int | float) else None
 
 
-def _pngs(url: str) -> list[str]:
-    fs, path = url_to_fs(url)
-    return sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if p.endswith(".png"))
-
-
 def save(record: dict[str, Any], report_url: str, out: Path) -> Path:
     """Write `<out>/<name>.json` and copy the report's figures to `<out>/<name>/`."""
+    from stages.report import listing
+
     out.mkdir(parents=True, exist_ok=True)
     figures = out / record["name"]
     figures.mkdir(exist_ok=True)
     copied = []
-    sources = [(record["evaluation"], name) for name in _pngs(record["evaluation"])]
+    sources = [(record["evaluation"], name) for name in listing(record["evaluation"], ".png")]
     sources += [(report_url.rsplit("/", 1)[0], name) for name in REPORT_FIGURES]
     for folder, name in sources:  # read-loss plots and samples are the evaluation's, the compute plot the report's
         fs, path = url_to_fs(f"{folder.rstrip('/')}/{name}")

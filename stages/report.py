@@ -19,17 +19,18 @@ from store.evaluation import plot_loss_vs_compute
 SUMMARY = "summary.parquet"
 
 
-def _table_markdown(rows: list[dict[str, Any]]) -> str:
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """Rows of one shape as a Markdown table, columns in the first row's key order."""
     if not rows:
         return "_(no rows)_\n"
     cols = list(rows[0])
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in rows:
-        lines.append("| " + " | ".join(_cell(row[c]) for c in cols) + " |")
+        lines.append("| " + " | ".join(cell(row[c]) for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
     if value is None:
         return "-"  # e.g. a quarter of positions where the task scores nothing (retrieval scores the end)
     if isinstance(value, float):
@@ -101,7 +102,7 @@ def seeds_section(rows: list[dict[str, Any]]) -> str:
     return (
         "## Across seeds\n\nEach variant trained once per seed from the same teacher and label store (the seed "
         "sets the students' init and data order): mean, lowest and highest over the seeds.\n\n"
-        + _table_markdown(table)
+        + markdown_table(table)
     )
 
 
@@ -180,12 +181,13 @@ def compute_section(lineage: dict[str, dict[str, str]]) -> str:
         f"Training FLOPs counted from the shapes (training/flops.py). The teacher and the label job cost "
         f"{shared:.4g} TFLOP once, for every variant trained from this label store; the BPTT baseline gets "
         "the student's own budget. `pays_off_from`: from that many variants on one store, the shared cost "
-        "per variant is below the student's own training cost.\n\n" + _table_markdown(rows)
+        "per variant is below the student's own training cost.\n\n" + markdown_table(rows)
         + "\n![held-out loss against training compute](compute.png)\n"
     )
 
 
-def _listing(url: str, suffix: str) -> list[str]:
+def listing(url: str, suffix: str) -> list[str]:
+    """Names of the files directly under `url` ending in `suffix`, sorted."""
     fs, path = url_to_fs(url)
     return sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if p.endswith(suffix))
 
@@ -206,15 +208,15 @@ def build_markdown(evaluation_url: str, lineage: dict[str, dict[str, str]], name
         parts.append(f"Teacher ceiling (L_dec0): **{ceiling:.4f} bits/token**\n")
         parts.append(_ceiling_note(lineage, ceiling))
     parts.append("## SMT, SMT+DMT and BPTT side by side\n")
-    parts.append(_table_markdown(_flag_below_ceiling(summary_rows(evaluation_url), ceiling)))
+    parts.append(markdown_table(_flag_below_ceiling(summary_rows(evaluation_url), ceiling)))
     parts.append("Bits are per scored token; `-` marks a span of positions where the task scores nothing.\n")
     parts.append(seeds_section(summary_rows(evaluation_url)))
     parts.append(compute_section(lineage))
-    plots = _listing(evaluation_url, ".png")
+    plots = listing(evaluation_url, ".png")
     if plots:
         parts.append("## Plots\n")
         parts.extend(f"![{p}]({rel}/{p})\n" for p in plots)
-    samples = _listing(evaluation_url, ".txt")
+    samples = listing(evaluation_url, ".txt")
     if samples:
         parts.append("## Samples\n")
         fs, path = url_to_fs(evaluation_url)
@@ -224,7 +226,7 @@ def build_markdown(evaluation_url: str, lineage: dict[str, dict[str, str]], name
     parts.append("## Lineage (every artifact of this run)\n")
     rows = [{"role": role, "kind": ref["kind"], "hash": ref["hash"][:16], "url": ref["url"]}
             for role, ref in lineage.items()]
-    parts.append(_table_markdown(rows))
+    parts.append(markdown_table(rows))
     parts.append("Check any label store with `smt store verify URL`; every artifact has a `manifest.json`.\n")
     return "\n".join(parts)
 
