@@ -80,17 +80,37 @@ class Attention(nn.Module):
         self.out = nn.Linear(width, width, bias=False)
 
     def forward(
-        self, x: Tensor, rope: tuple[Tensor, Tensor], key_mask: Tensor | None = None, causal: bool = False
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor],
+        key_mask: Tensor | None = None,
+        causal: bool = False,
+        queries: slice | None = None,
     ) -> Tensor:
-        """x (B, T, W); rope = rotary (cos, sin) tables (T, hd/2); key_mask (B, T) bool, True = visible."""
+        """x (B, T, W); rope = rotary (cos, sin) tables (T, hd/2); key_mask (B, T) bool, True = visible.
+
+        `queries` computes the output for those rows only (every row still serves as key and value): the
+        query projection runs on them alone. A causal block must not combine it with anything but the
+        last row, which sees every key anyway (the caller, Stack, makes sure).
+        """
         if causal and key_mask is not None:
             raise ValueError("a causal block takes no key mask (right padding never reaches earlier tokens)")
         b, t, w = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
-        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        hd = w // self.heads
+        cos, sin = rope
+        if queries is None:
+            q, k, v = self.qkv(x).view(b, t, 3, self.heads, hd).permute(2, 0, 3, 1, 4)
+            q_cos, q_sin = cos, sin
+        else:
+            w_q, w_kv = self.qkv.weight.split((w, 2 * w))
+            q = F.linear(x[:, queries], w_q).view(b, -1, self.heads, hd).transpose(1, 2)
+            k, v = F.linear(x, w_kv).view(b, t, 2, self.heads, hd).permute(2, 0, 3, 1, 4)
+            q_cos, q_sin = cos[queries], sin[queries]
+            causal = False  # only the last row is asked for in a causal block, and it sees every key
+        q, k = apply_rotary(q, q_cos, q_sin), apply_rotary(k, cos, sin)
         mask = None if key_mask is None else key_mask[:, None, None, :]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
-        return self.out(y.transpose(1, 2).reshape(b, t, w))
+        return self.out(y.transpose(1, 2).reshape(b, -1, w))
 
 
 class SwiGLU(nn.Module):
@@ -129,9 +149,18 @@ class Block(nn.Module):
         self.mlp = resolve(BLOCK_MLPS[mlp])(width, mlp_ratio * width)  # schemas/registry.py
 
     def forward(
-        self, x: Tensor, rope: tuple[Tensor, Tensor], key_mask: Tensor | None = None, causal: bool = False
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor],
+        key_mask: Tensor | None = None,
+        causal: bool = False,
+        rows: slice | None = None,
     ) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), rope, key_mask, causal)
+        """x (B, T, W) -> (B, T, W), or only the given `rows` of the output (B, len(rows), W)."""
+        h = self.attn_norm(x)
+        if rows is not None:
+            x = x[:, rows]
+        x = x + self.attn(h, rope, key_mask, causal, rows)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -146,10 +175,40 @@ class Stack(nn.Module):
         self.rope_base = rope_base
         self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, mlp) for _ in range(depth))
         self.norm = RMSNorm(width)
+        self._rope: dict[tuple, tuple[Tensor, Tensor]] = {}
 
-    def forward(self, x: Tensor, positions: Tensor, key_mask: Tensor | None = None, causal: bool = False) -> Tensor:
-        """x (B, T, W); positions (T,) rotary positions; key_mask (B, T) bool or None -> (B, T, W)."""
-        rope = rotary_tables(positions, self.head_dim, self.rope_base)
-        for block in self.blocks:
-            x = block(x, rope, key_mask, causal)
+    def rope(self, offset: int, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Rotary tables for positions offset .. offset+length-1, made once per shape and device."""
+        key = (offset, length, str(device))
+        if key not in self._rope:
+            with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable by training later
+                positions = torch.arange(offset, offset + length, device=device)
+                self._rope[key] = rotary_tables(positions, self.head_dim, self.rope_base)
+        return self._rope[key]
+
+    def forward(
+        self,
+        x: Tensor,
+        offset: int = 0,
+        key_mask: Tensor | None = None,
+        causal: bool = False,
+        keep: slice = slice(None),
+    ) -> Tensor:
+        """x (B, T, W) at rotary positions offset .. offset+T-1; key_mask (B, T) bool or None -> the `keep`
+        rows of the output (B, len(keep), W).
+
+        The last block computes only the kept rows (its other rows feed nothing): the encoder keeps its
+        K registers of Tc+K rows, the updater its K memory tokens. A causal stack does that only when
+        the one row kept is the last (the readout); otherwise every row is computed and the kept ones
+        sliced out. Either way the result equals the full computation up to float rounding.
+        """
+        t = x.shape[1]
+        rope = self.rope(offset, t, x.device)
+        start, stop, step = keep.indices(t)
+        trim = step == 1 and (not causal or (start, stop) == (t - 1, t))
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, key_mask, causal, keep if trim and i == last else None)
+        if not trim or not self.blocks:
+            x = x[:, keep]
         return self.norm(x)

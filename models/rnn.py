@@ -92,7 +92,7 @@ class TransformerUpdater(RNN):
     def step(self, m: Tensor, x: Tensor) -> Tensor:
         b, k = m.shape[0], self.memory_tokens
         h = torch.cat((self.memory_in(m.view(b, k, -1)), self.embed(x)[:, None]), 1)
-        out = self.stack(h, torch.arange(k + 1, device=m.device))[:, :k]
+        out = self.stack(h, 0, keep=slice(None, k))
         return self.memory_out(out).flatten(1)
 
 

@@ -64,11 +64,10 @@ class Encoder(nn.Module):
         b, tc = x_ctx.shape
         k = self.cfg.memory_tokens
         h = torch.cat((self.embed(x_ctx), self.registers.expand(b, k, -1)), 1)
-        positions = torch.arange(tc + k, device=x_ctx.device) - tc
         key_mask = None
         if padded:
             key_mask = torch.cat((x_ctx >= 0, torch.ones(b, k, dtype=torch.bool, device=x_ctx.device)), 1)
-        out = self.stack(h, positions, key_mask)[:, tc:]
+        out = self.stack(h, -tc, key_mask, keep=slice(tc, None))
         m = rms_normalize(self.proj(out).float())
         if self.cfg.fsq_step is not None:
             m = fsq_quantize(m, self.cfg.fsq_step)
@@ -97,8 +96,7 @@ class Decoder(nn.Module):
         h = self.memory_in(m.view(b, k, -1).to(self.embed.weight.dtype))
         if x_fut is not None and x_fut.shape[1] > 0:
             h = torch.cat((h, self.embed(x_fut)), 1)
-        positions = torch.arange(h.shape[1], device=m.device)
-        out = self.stack(h, positions, causal=True)[:, k - 1 :]
+        out = self.stack(h, 0, causal=True, keep=slice(k - 1, None))
         return self.head(out)
 
     def readout(self, m: Tensor) -> Tensor:

@@ -7,7 +7,7 @@ import torch
 from _tiny import tiny_teacher
 
 from models.build import build_teacher
-from models.layers import apply_rotary, normalize_memory, rms_normalize, rotary_tables
+from models.layers import Stack, apply_rotary, normalize_memory, rms_normalize, rotary_tables
 from models.teacher import TRIM_STEP, trim_left_padding
 from schemas.config import TeacherModelConfig
 from training.windows import context_windows, encode_positions, future_slices, gather_span
@@ -49,6 +49,34 @@ def test_rotary_scores_depend_only_on_position_differences():
     cos, sin = rotary_tables(torch.arange(6) * 2.0, 8, 10000.0)  # different gaps: different scores
     stretched = apply_rotary(q, cos, sin) @ apply_rotary(k, cos, sin).transpose(-1, -2)
     assert not torch.allclose(scores[0], stretched)
+
+
+@pytest.mark.parametrize(
+    ("causal", "keep", "masked"),
+    [(False, slice(9, None), True), (False, slice(None, 4), False), (True, slice(12, None), False),
+     (True, slice(3, None), False)],
+)
+def test_stack_computing_only_the_kept_rows_equals_slicing_the_full_output(causal, keep, masked):
+    """The last block computes only the rows kept (encoder registers, updater memory tokens, the
+    readout's last row); values and gradients equal the full computation sliced afterwards."""
+    torch.manual_seed(0)
+    stack = Stack(32, 4, 3, mlp="gelu")
+    x = torch.randn(5, 13, 32, requires_grad=True)
+    mask = (torch.rand(5, 13) > 0.3).index_fill(1, torch.arange(9, 13), True) if masked else None
+    full = stack(x, -9, mask, causal)[:, keep]
+    # the full path: no trimming, the last block run on every row, then the final norm of the kept rows
+    rope = stack.rope(-9, 13, x.device)
+    h = x
+    for block in stack.blocks:
+        h = block(h, rope, mask, causal)
+    reference = stack.norm(h)[:, keep]
+    kept = stack(x, -9, mask, causal, keep=keep)
+    torch.testing.assert_close(kept, reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(full, reference, rtol=1e-5, atol=1e-5)
+    g_kept = torch.autograd.grad(kept.square().sum(), [x, *stack.parameters()])
+    g_ref = torch.autograd.grad(reference.square().sum(), [x, *stack.parameters()])
+    for a, b in zip(g_kept, g_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_teacher_shapes_and_label_normalisation(teacher):
