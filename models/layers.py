@@ -50,21 +50,26 @@ class TokenEmbedding(nn.Embedding):
 
 
 def rotary_tables(positions: Tensor, head_dim: int, base: float) -> tuple[Tensor, Tensor]:
-    """cos and sin tables (T, head_dim/2) for rotary embeddings at the given (T,) positions.
+    """Full-width tables (T, head_dim) for rotary embeddings at the given (T,) positions: (cos, signed sin).
 
-    Positions may be negative or offset: attention scores depend only on differences of positions.
+    Pair (i, i + hd/2) turns by angle_i: the cosine is repeated over both halves and the sine carries the
+    rotation's sign (-sin on the first half), so `apply_rotary` is two products and a sum. Positions may
+    be negative or offset: attention scores depend only on differences of positions.
     """
     half = head_dim // 2
     inv_freq = base ** (-torch.arange(half, device=positions.device, dtype=torch.float32) / half)
     angles = positions.to(torch.float32)[:, None] * inv_freq[None, :]
-    return angles.cos(), angles.sin()
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat((cos, cos), -1), torch.cat((-sin, sin), -1)
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate pairs (x[i], x[i + hd/2]) of x (B, H, T, hd) by the angles of the (T, hd/2) tables."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half].float(), x[..., half:].float()
-    out = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    """Rotate pairs (x[i], x[i + hd/2]) of x (..., T, hd) by the angles of the (T, hd) tables.
+
+    x1' = x1 cos - x2 sin and x2' = x2 cos + x1 sin, written as x * cos + roll(x, hd/2) * signed sin: four
+    kernels whatever the leading dimensions, so queries and keys stacked together rotate in one call.
+    """
+    out = x * cos + x.roll(x.shape[-1] // 2, -1) * sin  # fp32 tables: bf16 inputs are rotated in fp32
     return out.to(x.dtype)
 
 
@@ -87,7 +92,7 @@ class Attention(nn.Module):
         causal: bool = False,
         queries: slice | None = None,
     ) -> Tensor:
-        """x (B, T, W); rope = rotary (cos, sin) tables (T, hd/2); key_mask (B, T) bool, True = visible.
+        """x (B, T, W); rope = rotary (cos, signed sin) tables (T, hd); key_mask (B, T) bool, True = visible.
 
         `queries` computes the output for those rows only (every row still serves as key and value): the
         query projection runs on them alone. A causal block must not combine it with anything but the
@@ -99,15 +104,15 @@ class Attention(nn.Module):
         hd = w // self.heads
         cos, sin = rope
         if queries is None:
-            q, k, v = self.qkv(x).view(b, t, 3, self.heads, hd).permute(2, 0, 3, 1, 4)
-            q_cos, q_sin = cos, sin
+            qkv = self.qkv(x).view(b, t, 3, self.heads, hd).permute(2, 0, 3, 1, 4)
+            q, k = apply_rotary(qkv[:2], cos, sin)  # queries and keys share the tables: one rotation
+            v = qkv[2]
         else:
             w_q, w_kv = self.qkv.weight.split((w, 2 * w))
             q = F.linear(x[:, queries], w_q).view(b, -1, self.heads, hd).transpose(1, 2)
             k, v = F.linear(x, w_kv).view(b, t, 2, self.heads, hd).permute(2, 0, 3, 1, 4)
-            q_cos, q_sin = cos[queries], sin[queries]
+            q, k = apply_rotary(q, cos[queries], sin[queries]), apply_rotary(k, cos, sin)
             causal = False  # only the last row is asked for in a causal block, and it sees every key
-        q, k = apply_rotary(q, q_cos, q_sin), apply_rotary(k, cos, sin)
         mask = None if key_mask is None else key_mask[:, None, None, :]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
         return self.out(y.transpose(1, 2).reshape(b, -1, w))

@@ -51,6 +51,20 @@ def test_rotary_scores_depend_only_on_position_differences():
     assert not torch.allclose(scores[0], stretched)
 
 
+def test_rotary_turns_each_pair_by_its_angle():
+    """Pair (i, i + hd/2) at position p turns by p * base^(-i / (hd/2)), the standard rotary rotation,
+    for queries and keys stacked in one tensor as for one alone."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 1, 5, 8)
+    positions = torch.arange(5) - 3
+    cos, sin = rotary_tables(positions, 8, 10000.0)
+    angles = positions[:, None].float() * 10000.0 ** (-torch.arange(4) / 4)
+    x1, x2 = x[..., :4], x[..., 4:]
+    expected = torch.cat((x1 * angles.cos() - x2 * angles.sin(), x2 * angles.cos() + x1 * angles.sin()), -1)
+    torch.testing.assert_close(apply_rotary(x, cos, sin), expected)
+    torch.testing.assert_close(apply_rotary(x[1], cos, sin), expected[1])
+
+
 @pytest.mark.parametrize(
     ("causal", "keep", "masked"),
     [(False, slice(9, None), True), (False, slice(None, 4), False), (True, slice(12, None), False),
