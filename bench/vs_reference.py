@@ -14,6 +14,8 @@ Figures (every training figure is a full optimiser step: forward, backward, Adam
   dmt_step      DMT (reference `forward_dmt` encodes its targets in the step; ours reads them from the store)
   bptt_step     the BPTT baseline (`forward_bptt`; ours `bptt_step_loss`)
   infer_b1, infer_b64   RNN inference, update + readout per token, no grad
+  infer_b1_compiled, infer_b64_compiled   the same with our step through torch.compile
+                (`RNN.inference_step(compiled=True)`; only with --only, compiled before timing)
   encoder       teacher memories (labels) from full context windows, no grad
 
     python bench/vs_reference.py --reference-src ../shared/reference/src                 # CPU size
@@ -72,6 +74,7 @@ SIZES = {
 }
 
 FIGURES = ("teacher_step", "smt_step", "dmt_step", "bptt_step", "infer_b1", "infer_b64", "encoder")
+COMPILED = ("infer_b1_compiled", "infer_b64_compiled")  # on request: each compiles for seconds first
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -82,7 +85,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch threads (CPU)")
     p.add_argument("--pairs", type=int, default=3, help="interleaved (reference, ours) measurements per figure")
     p.add_argument("--steps", type=int, default=5, help="timed calls per measurement (after one untimed)")
-    p.add_argument("--only", nargs="*", choices=FIGURES, default=list(FIGURES))
+    p.add_argument("--only", nargs="*", choices=FIGURES + COMPILED, default=list(FIGURES))
     p.add_argument("--mlp", choices=["swiglu", "gelu"], default=None,
                    help="our block MLP (default: the config's default); gelu has the reference's FLOPs")
     return p.parse_args(argv)
@@ -213,7 +216,7 @@ class Sides:
         ours = optimiser_step(list(self.rnn.parameters()), lambda: bptt_step_loss(self.rnn, x, x)["loss"])
         return ref_call, ours, s.bptt_batch * s.bptt_T, "tokens/s"
 
-    def _inference(self, batch: int, length: int = 64):
+    def _inference(self, batch: int, length: int = 64, compiled: bool = False):
         x = self.tokens(batch, length)
         z = self.s.K * self.s.D
 
@@ -224,12 +227,16 @@ class Sides:
                 m = self.ref_rnn.rnn_update(m, x[:, [t]])
                 self.ref_rnn.rnn_readout(m)
 
+        step = self.rnn.inference_step(compiled)
+
         @torch.no_grad()
         def ours() -> None:
             m = self.rnn.init_memory(batch)
             for t in range(length):
-                m = self.rnn.update(m, x[:, t])
-                self.rnn.readout(m)
+                m, _ = step(m, x[:, t])
+
+        if compiled:
+            ours()  # compile (twice: the rotary cache fills on the first call) outside the timed region
 
         return ref_call, ours, batch * length, "tokens/s"
 
@@ -238,6 +245,12 @@ class Sides:
 
     def infer_b64(self):
         return self._inference(64)
+
+    def infer_b1_compiled(self):
+        return self._inference(1, compiled=True)
+
+    def infer_b64_compiled(self):
+        return self._inference(64, compiled=True)
 
     def encoder(self):
         x = self.tokens(self.s.batch, self.s.Tc)

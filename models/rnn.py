@@ -9,7 +9,7 @@ tests check that readout losses never reach the updater.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -72,6 +72,21 @@ class RNN(nn.Module):
 
     def forward(self, m: Tensor, x: Tensor) -> Tensor:
         return self.update(m, x)
+
+    def inference_step(self, compiled: bool = False) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
+        """One token of reading, (m_{t-1}, x_t) -> (m_t, readout logits of m_t), for no-grad loops.
+
+        compiled=True hands it to torch.compile (inductor, shapes fixed): at batch 1 a Transformer updater
+        and decoder readout run ~240 tiny kernels per token, and fusing them is what makes CPU generation
+        fast (bench/vs_reference.py's `infer_b1_compiled`). The first two calls per batch size compile (seconds
+        on a CPU); the results equal the eager step's up to float rounding (tests/test_rnn.py).
+        """
+
+        def step(m: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+            m = self.update(m, x)
+            return m, self.readout(m)
+
+        return torch.compile(step, dynamic=False) if compiled else step
 
     def updater_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of the update path (everything except the readout head)."""
