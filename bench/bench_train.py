@@ -208,5 +208,6 @@ def bench_store(
     out["smt_store"]["of_compute"] = round(out["smt_compute"]["s_per_step"] / out["smt_store"]["s_per_step"], 3)
     return out
 
+
 if __name__ == "__main__":
     main()

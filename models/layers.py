@@ -95,8 +95,8 @@ class Attention(nn.Module):
         """x (B, T, W); rope = rotary (cos, signed sin) tables (T, hd); key_mask (B, T) bool, True = visible.
 
         `queries` computes the output for those rows only (every row still serves as key and value): the
-        query projection runs on them alone. A causal block must not combine it with anything but the
-        last row, which sees every key anyway (the caller, Stack, makes sure).
+        query projection runs on them alone. A causal block takes it only for its last row, which sees
+        every key anyway (anything else is refused).
         """
         if causal and key_mask is not None:
             raise ValueError("a causal block takes no key mask (right padding never reaches earlier tokens)")
@@ -112,7 +112,9 @@ class Attention(nn.Module):
             q = F.linear(x[:, queries], w_q).view(b, -1, self.heads, hd).transpose(1, 2)
             k, v = F.linear(x, w_kv).view(b, t, 2, self.heads, hd).permute(2, 0, 3, 1, 4)
             q, k = apply_rotary(q, cos[queries], sin[queries]), apply_rotary(k, cos, sin)
-            causal = False  # only the last row is asked for in a causal block, and it sees every key
+            if causal and queries.indices(t)[:2] != (t - 1, t):
+                raise ValueError("a causal block computes only its last row alone (the others need the mask)")
+            causal = False  # the last row sees every key: no mask needed
         mask = None if key_mask is None else key_mask[:, None, None, :]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
         return self.out(y.transpose(1, 2).reshape(b, -1, w))

@@ -228,3 +228,12 @@ def test_gelu_mlp_has_two_thirds_of_swiglus_weights_and_only_it_moves_the_addres
     assert TeacherTrainConfig(model=gelu).address_json()["model"]["mlp"] == "gelu"
     out = build_teacher(gelu)(torch.randint(0, 16, (3, 5)), torch.randint(0, 16, (3, 4)))
     assert out.shape == (3, 5, 16) and torch.isfinite(out).all()
+
+
+def test_a_causal_block_refuses_to_compute_rows_other_than_its_last_alone():
+    """Only the last row of a causal block sees every key; computing other rows alone would drop the mask."""
+    stack = Stack(16, 2, 1)
+    x = torch.randn(2, 5, 16)
+    with pytest.raises(ValueError, match="last row"):
+        stack.blocks[0](x, stack.rope(0, 5, x.device), causal=True, rows=slice(2, None))
+    stack.blocks[0](x, stack.rope(0, 5, x.device), causal=True, rows=slice(4, None))  # the last row is fine

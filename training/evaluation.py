@@ -49,10 +49,10 @@ def read_metrics_per_position(
     else:
         raise ValueError(f"start must be 'teacher' or 'init', got {start!r}")
     loss_sum, correct, count = (torch.zeros(n, device=x.device) for _ in range(3))
+    step = rnn.inference_step()
     for i in range(n):
         t = prefix_len + i
-        m = rnn.update(m, x[:, t])
-        logits = rnn.readout(m)
+        m, logits = step(m, x[:, t])
         ce, valid = token_cross_entropy(logits, y[:, t])
         loss_sum[i] = ce.sum()
         correct[i] = ((logits.argmax(-1) == y[:, t]) & valid).sum()
