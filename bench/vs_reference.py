@@ -18,6 +18,10 @@ Figures (every training figure is a full optimiser step: forward, backward, Adam
                 (`RNN.inference_step(compiled=True)`; only with --only, compiled before timing)
   encoder       teacher memories (labels) from full context windows, no grad
 
+--compile runs our side as `run.compile: true` trains (models/compiled.py): every Transformer block through
+torch.compile and DMT's rollout as one compiled update; the reference stays eager. Compiling happens in the
+untimed first call of each measurement (about 30 s per figure on a 2-core CPU, the first time).
+
     python bench/vs_reference.py --reference-src ../shared/reference/src                 # CPU size
     python bench/vs_reference.py --reference-src ../shared/reference/src --size published --device cuda
 
@@ -43,6 +47,7 @@ import torch  # noqa: E402
 
 from bench.bench_train import cpu_name, timed  # noqa: E402
 from models.build import build_rnn, build_teacher  # noqa: E402
+from models.compiled import compile_blocks, compiled_update  # noqa: E402
 from schemas.config import DMTConfig, OptimConfig, RNNConfig, TeacherModelConfig, TeacherTrainConfig  # noqa: E402
 from training.loop import build_optimizer, resolve_device  # noqa: E402
 from training.steps import bptt_step_loss, dmt_step_loss, smt_step_loss, teacher_step_loss  # noqa: E402
@@ -86,6 +91,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pairs", type=int, default=3, help="interleaved (reference, ours) measurements per figure")
     p.add_argument("--steps", type=int, default=5, help="timed calls per measurement (after one untimed)")
     p.add_argument("--only", nargs="*", choices=FIGURES + COMPILED, default=list(FIGURES))
+    p.add_argument("--compile", action="store_true", help="our blocks and DMT rollout through torch.compile")
     p.add_argument("--mlp", choices=["swiglu", "gelu"], default=None,
                    help="our block MLP (default: the config's default); gelu has the reference's FLOPs")
     return p.parse_args(argv)
@@ -119,7 +125,7 @@ def optimiser_step(params: list, loss: Callable[[], torch.Tensor]) -> Callable[[
 class Sides:
     """Both implementations built at one size, with the inputs every figure shares."""
 
-    def __init__(self, ref, s: Size, device: torch.device, mlp: str | None) -> None:
+    def __init__(self, ref, s: Size, device: torch.device, mlp: str | None, compile: bool = False) -> None:
         self.ref, self.s, self.device = ref, s, device
         torch.manual_seed(0)
         z = s.K * s.D
@@ -137,6 +143,11 @@ class Sides:
         self.variant = RNNConfig(kind="transformer", width=s.width, depth=s.rnn_depth, heads=s.heads, **extra)
         self.teacher = build_teacher(self.model).to(device)
         self.rnn = build_rnn(self.variant, self.model, self.teacher).to(device)
+        self.rollout_update = None
+        if compile:  # what TrainLoop and the DMT stage do with run.compile
+            compile_blocks(self.teacher)
+            compile_blocks(self.rnn)
+            self.rollout_update = compiled_update(self.rnn.update)
         self.tokens = lambda *shape: torch.randint(0, s.vocab, shape, device=device)
 
     def parameters(self) -> dict:
@@ -204,7 +215,8 @@ class Sides:
         xs = x[:, s.Tc - 1 :]
         ours_cfg = DMTConfig(rollout_len=s.Td, pull_every=s.k)
         ours = optimiser_step(list(self.rnn.updater_parameters()),
-                              lambda: dmt_step_loss(self.rnn, target, xs, xs, ours_cfg, self.teacher.decoder)["loss"])
+                              lambda: dmt_step_loss(self.rnn, target, xs, xs, ours_cfg, self.teacher.decoder,
+                                                    rollout_update=self.rollout_update)["loss"])
         return ref_call, ours, 1, "steps/s"
 
     def bptt_step(self):
@@ -265,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
     if device.type == "cpu":
         torch.set_num_threads(a.threads)
     ref = import_reference(a.reference_src)
-    sides = Sides(ref, SIZES[a.size], device, a.mlp)
+    sides = Sides(ref, SIZES[a.size], device, a.mlp, a.compile)
     report: dict = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "threads": torch.get_num_threads(),
@@ -274,6 +286,7 @@ def main(argv: list[str] | None = None) -> dict:
         "size": a.size,
         "sizes": vars(SIZES[a.size]),
         "mlp": sides.model.mlp,
+        "compile": a.compile,
         "parameters": sides.parameters(),
         "figures": {},
     }

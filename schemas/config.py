@@ -128,7 +128,7 @@ class RunConfig(StrictModel):
     batch_size: int = Field(128, ge=1, description="sequences (or transitions) per step, per process")
     device: str = Field("auto", description="'auto' (cuda if present), 'cpu', 'cuda', 'cuda:1' …")
     amp: bool = Field(True, description="bf16 autocast on CUDA (always fp32 on CPU)")
-    compile: bool = Field(False, description="torch.compile the model on CUDA")
+    compile: bool = Field(False, description="torch.compile the Transformer blocks (and a DMT rollout), any device")
     seed: int = Field(0, description="seed for init, sampling and shuffling")
     log_every: int = Field(50, ge=1, description="steps between logged metrics")
     checkpoint_every: int = Field(1000, ge=1, description="steps between resumable checkpoints")

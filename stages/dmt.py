@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import torch
 
+from models.compiled import compile_blocks, compiled_update
 from schemas.config import DMTConfig
 from schemas.layout import SPLIT_TRAIN
 from stages.distill import open_store_for, reader_device
@@ -63,9 +64,14 @@ def dmt_stage(rnn_url: str, labels_url: str, teacher_url: str, cfg: DMTConfig, r
     del teacher
     generator = torch.Generator(device=device)
     generator.manual_seed(rank_seed(cfg.run.seed, ctx.rank, "dmt-loss"))
+    update = None
+    if cfg.run.compile:  # the loop compiles the RNN's blocks; the frozen decoder and the rollout here
+        if decoder is not None:
+            compile_blocks(decoder)
+        update = compiled_update(rnn.update)
 
     def loss_fn(batch: Trajectories) -> dict[str, torch.Tensor]:
-        return dmt_step_loss(rnn, batch.memory, batch.x, batch.y, cfg, decoder, generator)
+        return dmt_step_loss(rnn, batch.memory, batch.x, batch.y, cfg, decoder, generator, rollout_update=update)
 
     def batches(start_step: int) -> Prefetcher:
         seed = rank_seed(cfg.run.seed, ctx.rank, "dmt", start_step) % (2**32)

@@ -308,3 +308,17 @@ def test_seed_rows_give_mean_and_range_per_variant_mode_and_start() -> None:
     assert only == {"variant": "gru", "mode": "smt", "start": "init", "seeds": "0,2", "bits_mean": 1.5,
                     "bits_min": 1.0, "bits_max": 2.0, "accuracy_mean": 0.6, "accuracy_min": 0.5,
                     "accuracy_max": 0.7}
+
+
+@pytest.mark.slow
+def test_compiled_dmt_stage_trains_like_the_eager_one(chain: Chain, rnns: dict[str, str]) -> None:
+    """run.compile on the CPU (blocks, frozen decoder, rollout through torch.compile): its own address, and
+    the same logged losses as the eager stage up to float rounding (tests/test_compiled.py checks the parts)."""
+    compiled_cfg = DMT_CFG.model_copy(update={"run": DMT_CFG.run.model_copy(update={"compile": True})})
+    smt = rnns["transformer/smt"]
+    compiled = dmt_stage(smt, chain.labels.url, chain.teacher.url, compiled_cfg, chain.root)
+    assert compiled.url != rnns["transformer/smt+dmt"]
+    eager_stats, compiled_stats = (read_manifest(url).stats for url in (rnns["transformer/smt+dmt"], compiled.url))
+    assert compiled_stats["steps"] == eager_stats["steps"] == DMT_CFG.run.steps
+    for name in ("loss", "dyn", "readout", "dec"):
+        assert compiled_stats[f"final_{name}"] == pytest.approx(eager_stats[f"final_{name}"], rel=1e-3), name

@@ -25,6 +25,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from models.build import GLOBAL_RNG_LOCK
+from models.compiled import compile_blocks
 from schemas.config import OptimConfig, RunConfig
 from training import distributed as distributed_mod
 from training import rng
@@ -190,10 +191,10 @@ class TrainLoop:
         self.params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.params, optim)
         self.scheduler = build_scheduler(self.optimizer, optim, run.steps)
-        loss_module = distributed_mod.wrap(LossModule(modules, loss_fn), self.ctx, self.device)
-        if run.compile and self.device.type == "cuda":
-            loss_module = torch.compile(loss_module)  # type: ignore[assignment]
-        self.loss_module = loss_module
+        if run.compile:  # the Transformer blocks, on any device (models/compiled.py says why not the whole)
+            for m in modules.values():
+                compile_blocks(m)
+        self.loss_module = distributed_mod.wrap(LossModule(modules, loss_fn), self.ctx, self.device)
         self.step = 0
         self.elapsed = 0.0
         self.metrics: list[dict[str, Any]] = []

@@ -7,6 +7,8 @@ the optimiser. Indexing follows docs/architecture.md: `m_t` is the memory after 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -120,6 +122,7 @@ def dmt_step_loss(
     decoder_readout: Teacher | Decoder | None = None,
     generator: torch.Generator | None = None,
     own: Tensor | None = None,
+    rollout_update: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """DAgger Memory Training: roll the RNN on its own memories, pull them toward the encoder's.
 
@@ -139,13 +142,14 @@ def dmt_step_loss(
       dec:     frozen decoder L_dec from own m_s at pull steps (only with `decoder_readout`);
       unif:    L_unif over own memories at pull steps.
     own: the rollout's memories (B, Td, Z) when the caller already has them (training/flops.py counts the
-    rollout apart: its Td steps are identical); None rolls out here.
+    rollout apart: its Td steps are identical); None rolls out here, through `rollout_update` when given (a
+    compiled copy of `rnn.update`, models/compiled.py) and `rnn.update` otherwise.
     """
     memories_target = memories_target.detach().float()  # store labels may be float16
     td = min(cfg.rollout_len, memories_target.shape[1] - 1, x.shape[1] - 1)
     pull_steps = list(range(cfg.pull_every, td + 1, cfg.pull_every))
     if own is None:
-        own = rollout(rnn, memories_target[:, 0], x[:, 1 : td + 1])  # (B, Td, Z): m_1 .. m_Td
+        own = rollout(rollout_update or rnn.update, memories_target[:, 0], x[:, 1 : td + 1])  # (B, Td, Z)
     # weight casts cached by autocast under no_grad must not be reused with grad (older torch reused
     # them and silently cut the updater's gradient: pytorch#112583)
     torch.clear_autocast_cache()
@@ -170,11 +174,11 @@ def dmt_step_loss(
 
 
 @torch.no_grad()
-def rollout(rnn: RNN, m: Tensor, x: Tensor) -> Tensor:
-    """Run the RNN from memory m (B, Z) over tokens x (B, T) on its own memories: (B, T, Z), no graph."""
+def rollout(update: Callable[[Tensor, Tensor], Tensor], m: Tensor, x: Tensor) -> Tensor:
+    """Run an RNN update from memory m (B, Z) over tokens x (B, T) on its own memories: (B, T, Z), no graph."""
     out = torch.empty(x.shape[0], x.shape[1], m.shape[-1], device=m.device, dtype=m.dtype)
     for s in range(x.shape[1]):
-        m = rnn.update(m, x[:, s])
+        m = update(m, x[:, s])
         out[:, s] = m
     return out
 

@@ -1,0 +1,44 @@
+"""torch.compile for training, one Transformer block at a time (`run.compile: true`, any device).
+
+Why blocks and not the whole model: every `Block` runs the same code, so inductor compiles it once per
+input shape and every block of the encoder, decoder and updater reuses the result ("regional
+compilation"). On the 2-core CPU that is ~30 s of compiling against ~90 s for the whole teacher, and it is
+where the time goes: a block's RMSNorms, rotary products, MLP activation and residual adds (and their
+backward) become a few fused kernels instead of dozens of memory passes (bench/vs_reference.py --compile).
+Compiled results equal the eager ones up to float rounding (tests/test_compiled.py), so a compiled run
+gets its own artifact address (`compile` is part of the run config).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from models.layers import Block
+
+# Distinct (shape, rows kept, mask or not) cases one training step meets: encoder blocks with and without
+# the kept registers, causal decoder blocks, updater blocks, a readout's last row, a last smaller batch.
+# Beyond torch's default of 8 per code object dynamo would silently fall back to eager for the rest.
+RECOMPILE_LIMIT = 32
+
+
+def compile_blocks(module: nn.Module) -> int:
+    """Compile every Transformer `Block` inside `module` in place (shapes dynamic after the first change);
+    returns how many. Modules without blocks (GRU, LSTM, MLP updaters) are left as they are."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    blocks = [m for m in module.modules() if isinstance(m, Block)]
+    for block in blocks:
+        if getattr(block, "_compiled_call_impl", None) is None:  # compiling twice would nest the two
+            block.compile()
+    return len(blocks)
+
+
+def compiled_update(update: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+    """A whole RNN update (m, x) -> m' through torch.compile with fixed shapes, for gradient-free loops.
+
+    A DMT rollout is Td sequential updates of a small batch: each one is hundreds of tiny kernels when
+    eager, so fusing the whole update (not only its blocks) is what halves the rollout on a CPU.
+    """
+    return torch.compile(update, dynamic=False)
