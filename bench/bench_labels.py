@@ -6,7 +6,7 @@
 Random tokens and a random teacher of the requested size (speed does not depend on the weights), so
 no trained artifact is needed. Prints one JSON line: device, command, sizes and labels/s figures:
   encoder_labels_per_s   teacher.encode only, batches of --batch-size contexts of Tc tokens
-                         (bf16 autocast on CUDA, fp32 on CPU; inference_mode; --compile: torch.compile)
+                         (bf16 autocast on CUDA, fp32 on CPU; inference_mode; --compile: models/compiled.py)
   encoder_tflops         that rate x encoder_gflop_per_label (and encoder_pct_of_peak on CUDA)
   pipeline_labels_per_s  labels written / wall-clock of materialize_labels (Beam start-up, worker
                          setup, window cutting, encode + readout loss, Zarr writes, manifest)
@@ -36,6 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.build import build_teacher  # noqa: E402
+from models.compiled import compile_blocks  # noqa: E402
 from pipelines.materialize_labels import materialize_labels  # noqa: E402
 from schemas.config import BeamConfig, LabelSpec, TeacherModelConfig, TeacherTrainConfig, TokensConfig  # noqa: E402
 from store.artifacts import plan_artifact, publish_manifest, read_manifest  # noqa: E402
@@ -70,7 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--root", default=None, help="where artifacts go (default: a temporary directory)")
     p.add_argument("--doc-len", type=int, default=0,
                    help="tokens per random document of the pipeline run (default 4*Tc+L: most contexts full)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the encoder for the encoder-only run")
+    p.add_argument("--compile", action="store_true", help="teacher blocks through torch.compile (labels.compile)")
     p.add_argument("--peak-tflops", type=float, default=989.0,
                    help="the GPU's dense bf16 peak, for encoder_pct_of_peak (H100 SXM: 989)")
     p.add_argument("--skip-pipeline", action="store_true")
@@ -103,7 +104,9 @@ def bench_encoder(
 ) -> float:
     """labels/s of teacher.encode on full random contexts (after warm-up batches)."""
     x = torch.randint(0, cfg.vocab_size, (min(batch, n), cfg.context_len), device=device)
-    encode = torch.compile(teacher.encoder) if compile else teacher.encoder
+    encode = teacher.encoder
+    if compile:
+        compile_blocks(teacher)  # in place, as labels.compile does in every worker
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     with torch.inference_mode(), autocast:
         for _ in range(3 if compile else 1):
@@ -198,7 +201,7 @@ def bench_pipeline(args: argparse.Namespace, inputs: dict, keep: bool = True) ->
 
     spec = LabelSpec(
         trajectory_len=args.trajectory_len, num_windows=args.windows, shard_windows=args.shard_windows,
-        batch_size=args.batch_size, dtype=args.dtype, device=args.device,
+        batch_size=args.batch_size, dtype=args.dtype, device=args.device, compile=args.compile,
     )
     beam = BeamConfig(runner=args.runner, num_workers=args.workers)
     start = time.perf_counter()

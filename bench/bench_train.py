@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from models.build import build_rnn, build_teacher  # noqa: E402
+from models.compiled import compile_blocks, compiled_update  # noqa: E402
 from models.layers import normalize_memory  # noqa: E402
 from schemas.config import DMTConfig, OptimConfig, RNNConfig, TeacherModelConfig  # noqa: E402
 from training.loop import autocast, build_optimizer, resolve_device, to_device  # noqa: E402
@@ -56,7 +57,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--store", default=None, help="local label store URL for the end-to-end SMT figure")
     p.add_argument("--pairs", type=int, default=3, help="with --store: interleaved (compute, store) blocks")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bf16 on CUDA")
-    p.add_argument("--compile", action="store_true", help="torch.compile the update (CUDA)")
+    p.add_argument("--compile", action="store_true", help="as run.compile: blocks, DMT rollout compiled")
     p.add_argument("--skip", nargs="*", default=[], choices=["smt", "dmt", "bptt"])
     return p.parse_args(argv)
 
@@ -110,8 +111,11 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     teacher = build_teacher(model).to(device).requires_grad_(False)
     rnn = build_rnn(variant, model, teacher).to(device)
-    if a.compile and device.type == "cuda":
-        rnn.step = torch.compile(rnn.step)  # type: ignore[method-assign]
+    update = None
+    if a.compile:  # as run.compile trains: blocks compiled, the DMT rollout as one compiled update
+        compile_blocks(rnn)
+        compile_blocks(teacher)
+        update = compiled_update(rnn.update)
     opt = build_optimizer(list(rnn.parameters()), OptimConfig())
     z = model.memory_size
 
@@ -151,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = DMTConfig(rollout_len=a.td, pull_every=a.k)
         target = memories(a.dmt_batch, a.td + 1)
         xs = torch.randint(0, a.vocab, (a.dmt_batch, a.td + a.tf + 1), device=device)
-        step = optimise(lambda: dmt_step_loss(rnn, target, xs, xs, cfg, teacher.decoder))
+        step = optimise(lambda: dmt_step_loss(rnn, target, xs, xs, cfg, teacher.decoder, rollout_update=update))
         sec = timed(step, max(1, a.steps // 2), min(a.warmup, 1), device)
         report["dmt"] = {"batch": a.dmt_batch, "td": a.td, "k": a.k, "s_per_step": sec}
     if "bptt" not in a.skip:

@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 import torch
 from fsspec.core import url_to_fs
 
+from models.compiled import compile_blocks
 from pipelines.label_repair import complete_store_damage, recheck_finished_units, unpublish
 from pipelines.label_units import plan_windows, run_unit
 from pipelines.options import is_local_runner, pipeline_options
@@ -94,6 +95,8 @@ class EncodeUnitsFn(beam.DoFn):
             torch.set_num_threads(job["threads"])  # fixed per config: deterministic CPU reductions
         self.device = resolve_device(job["device"])
         self.teacher, _ = load_teacher(job["teacher_url"], self.device)
+        if job["compile"]:
+            compile_blocks(self.teacher)
         self.tokens = TokensArtifact.open(job["tokens_url"])
         self.plan = pq.read_table(io.BytesIO(read_bytes(f"{job['url']}/{PLAN_FILE}")))
         self.geometry = LabelGeometry(**job["geometry"])
@@ -127,7 +130,7 @@ def materialize_labels(
     tokens_ref, _ = open_artifact(tokens_url, "tokens")
     teacher_ref, teacher_manifest = open_artifact(teacher_url, "teacher")
     model = teacher_config(teacher_manifest).model
-    config = spec.model_dump(mode="json")
+    config = spec.address_json()  # as store/plans.py addresses it
     parents = {"tokens": tokens_ref.hash, "teacher": teacher_ref.hash}
     ref = plan_labels(tokens_url=tokens_url, teacher_url=teacher_url, spec=spec, root=root)
     trusted = is_complete(ref.url) and (not verify_reads() or not complete_store_damage(ref.url))
@@ -176,7 +179,7 @@ def _materialize(
         job = {
             "url": ref.url, "tokens_url": tokens_url, "teacher_url": teacher_url,
             "geometry": asdict(geometry), "batch_size": spec.batch_size, "device": spec.device,
-            "threads": worker_threads(beam_cfg, threads),
+            "threads": worker_threads(beam_cfg, threads), "compile": spec.compile,
         }
         monitor = _ProgressMonitor(ref.url, total, geometry.shard_windows * geometry.steps, progress)
         monitor.start()

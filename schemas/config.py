@@ -203,6 +203,8 @@ class TeacherTrainConfig(StrictModel):
 class LabelSpec(StrictModel):
     """Which windows the label store holds and how (docs/architecture.md, 'Label store layout')."""
 
+    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"compile"})
+
     trajectory_len: int = Field(256, ge=1, description="L: transitions per window (L+1 memories); >= dmt.rollout_len")
     num_windows: int | None = Field(1024, ge=1, description="windows to sample; null = all at `stride`")
     stride: int = Field(256, ge=1, description="step between window anchors when num_windows is null")
@@ -217,6 +219,10 @@ class LabelSpec(StrictModel):
     shard_windows: int = Field(16, ge=1, description="windows per shard = one Beam work unit")
     batch_size: int = Field(512, ge=1, description="contexts per encoder forward pass")
     device: str = Field("auto", description="encoder device in workers")
+    compile: bool = Field(
+        False, description="torch.compile the teacher's blocks in every worker (models/compiled.py): faster "
+        "encoding after a first compile per worker (~30 s on a CPU), so for large stores",
+    )
     seed: int = Field(0, description="seed of window sampling")
 
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 import xarray as xr
 from _fixtures_labels import IN_MEMORY, MULTI_PROCESS, TINY_MODEL, TINY_SPEC, make_tokens
+from torch._dynamo.utils import counters
 
 import pipelines.materialize_labels as ml
 from pipelines.label_units import plan_windows
@@ -79,6 +80,21 @@ def test_values_equal_a_direct_encode(label_env):
         np.testing.assert_allclose(memory[w], m.numpy(), atol=4e-3, rtol=1e-3)  # float16 storage
         expected = np.where(target.numpy() >= 0, ce.numpy(), np.nan)
         np.testing.assert_allclose(store.arrays["dec_loss"][w], expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_workers_write_the_eager_labels(label_env, tmp_path):
+    """labels.compile: the workers' teacher blocks go through torch.compile; another address (and an
+    unset flag keeps the old one), the same memories and readout losses up to float rounding."""
+    spec = TINY_SPEC.model_copy(update={"compile": True})
+    assert "compile" not in TINY_SPEC.address_json() and spec.address_json()["compile"] is True
+    before = counters["stats"]["unique_graphs"]  # one worker, in this process
+    ref = ml.materialize_labels(label_env.tokens.url, label_env.teacher.url, spec, IN_MEMORY, str(tmp_path))
+    assert ref.hash != label_env.store.hash and counters["stats"]["unique_graphs"] > before
+    eager, compiled = LabelStore.open(label_env.store.url), LabelStore.open(ref.url)
+    np.testing.assert_allclose(compiled.memory(), eager.memory(), atol=4e-3, rtol=1e-3)  # float16 storage
+    np.testing.assert_allclose(compiled.arrays["dec_loss"][:], eager.arrays["dec_loss"][:], rtol=1e-3, atol=1e-4)
+    assert np.array_equal(compiled.arrays["tokens"][:], eager.arrays["tokens"][:])
 
 
 def test_rerun_is_free_and_content_addressed(label_env, monkeypatch):
