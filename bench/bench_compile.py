@@ -25,12 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from bench.bench_train import cpu_name, timed  # noqa: E402
-from bench.vs_reference import SIZES, Size  # noqa: E402
+from bench.vs_reference import SIZES, Size, optimiser_step  # noqa: E402
 from models.build import build_rnn, build_teacher  # noqa: E402
 from models.compiled import compile_blocks, compiled_update  # noqa: E402
 from models.layers import normalize_memory  # noqa: E402
-from schemas.config import DMTConfig, OptimConfig, RNNConfig, TeacherModelConfig, TeacherTrainConfig  # noqa: E402
-from training.loop import build_optimizer, resolve_device  # noqa: E402
+from schemas.config import DMTConfig, RNNConfig, TeacherModelConfig, TeacherTrainConfig  # noqa: E402
+from training.loop import resolve_device  # noqa: E402
 from training.steps import bptt_step_loss, dmt_step_loss, teacher_step_loss  # noqa: E402
 
 FIGURES = ("teacher_step", "dmt_step", "bptt_step", "encoder")
@@ -59,30 +59,20 @@ class Side:
             compile_blocks(rnn)
             self.update = compiled_update(rnn.update)
 
-    def optimise(self, params: list, loss: Callable[[], torch.Tensor]) -> Callable[[], None]:
-        opt = build_optimizer(params, OptimConfig())
-
-        def call() -> None:
-            opt.zero_grad(set_to_none=True)
-            loss().backward()
-            opt.step()
-
-        return call
-
     def teacher_step(self, x: torch.Tensor) -> Callable[[], None]:
         cfg = TeacherTrainConfig(model=self.model, updater=self.variant)
         anchors = torch.full((x.shape[0],), self.s.Tc - 1, device=x.device)
         params = [*self.teacher.parameters(), *self.rnn.updater_parameters()]
-        return self.optimise(params, lambda: teacher_step_loss(self.teacher, self.rnn, x, x.roll(-1, 1), cfg,
+        return optimiser_step(params, lambda: teacher_step_loss(self.teacher, self.rnn, x, x.roll(-1, 1), cfg,
                                                                anchors=anchors)["loss"])
 
     def dmt_step(self, target: torch.Tensor, xs: torch.Tensor) -> Callable[[], None]:
         cfg = DMTConfig(rollout_len=self.s.Td, pull_every=self.s.k)
-        return self.optimise(list(self.rnn.updater_parameters()), lambda: dmt_step_loss(
+        return optimiser_step(list(self.rnn.updater_parameters()), lambda: dmt_step_loss(
             self.rnn, target, xs, xs, cfg, self.teacher.decoder, rollout_update=self.update)["loss"])
 
     def bptt_step(self, x: torch.Tensor) -> Callable[[], None]:
-        return self.optimise(list(self.rnn.parameters()), lambda: bptt_step_loss(self.rnn, x, x)["loss"])
+        return optimiser_step(list(self.rnn.parameters()), lambda: bptt_step_loss(self.rnn, x, x)["loss"])
 
     def encoder(self, x: torch.Tensor) -> Callable[[], None]:
         return torch.no_grad()(lambda: self.teacher.encode(x))

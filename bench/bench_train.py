@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -30,6 +29,7 @@ from models.compiled import compile_blocks, compiled_update  # noqa: E402
 from models.layers import normalize_memory  # noqa: E402
 from schemas.config import DMTConfig, OptimConfig, RNNConfig, TeacherModelConfig  # noqa: E402
 from training.loop import autocast, build_optimizer, resolve_device, to_device  # noqa: E402
+from training.machine import cpu_model  # noqa: E402
 from training.steps import bptt_step_loss, dmt_step_loss, smt_step_loss  # noqa: E402
 
 
@@ -64,15 +64,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def cpu_name() -> str:
     """CPU model and visible cores (the figures depend on both)."""
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu: {name}, {os.cpu_count()} cores visible"
+    return f"cpu: {cpu_model()}, {os.cpu_count()} cores visible"
 
 
 def timed(step: Callable[[], None], steps: int, warmup: int, device: torch.device) -> float:

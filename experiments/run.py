@@ -22,6 +22,7 @@ import typer
 from fsspec.core import url_to_fs
 
 from schemas.config import PipelineConfig, load_config
+from training.machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
@@ -54,19 +55,9 @@ def machine() -> dict[str, Any]:
     if torch.cuda.is_available():
         device = torch.cuda.get_device_name(0)
     else:
-        device = f"CPU: {_cpu_model()} ({torch.get_num_threads()} threads of {_cores()} cores)"
+        device = f"CPU: {cpu_model()} ({torch.get_num_threads()} threads of {_cores()} cores)"
     return {"device": device, "torch": torch.__version__, "python": platform.python_version(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability()}
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _cores() -> int:

@@ -36,23 +36,14 @@ def machine() -> dict[str, Any]:
     """What the numbers depend on besides the code and the config (CPU kernels, torch build)."""
     import torch
 
+    from training.machine import cpu_vendor
+
     return {
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_vendor": cpu_vendor(),
         "python": platform.python_version(),
     }
-
-
-def cpu_vendor() -> str:
-    """GenuineIntel, AuthenticAMD, ... (Linux's /proc/cpuinfo; elsewhere what platform says)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("vendor_id"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def golden_path(here: dict[str, Any]) -> Path:
