@@ -24,10 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from bench.bench_train import cpu_name, timed  # noqa: E402
+from bench.bench_train import compile_as_training, cpu_name, interleaved_rates  # noqa: E402
 from bench.vs_reference import SIZES, Size, optimiser_step  # noqa: E402
 from models.build import build_rnn, build_teacher  # noqa: E402
-from models.compiled import compile_blocks, compiled_update  # noqa: E402
 from models.layers import normalize_memory  # noqa: E402
 from schemas.config import DMTConfig, RNNConfig, TeacherModelConfig, TeacherTrainConfig  # noqa: E402
 from training.loop import resolve_device  # noqa: E402
@@ -53,11 +52,7 @@ class Side:
 
     def __init__(self, teacher, rnn, model: TeacherModelConfig, variant: RNNConfig, s: Size, compiled: bool) -> None:
         self.teacher, self.rnn, self.model, self.variant, self.s = teacher, rnn, model, variant, s
-        self.update = None
-        if compiled:
-            compile_blocks(teacher)
-            compile_blocks(rnn)
-            self.update = compiled_update(rnn.update)
+        self.update = compile_as_training(teacher, rnn) if compiled else None
 
     def teacher_step(self, x: torch.Tensor) -> Callable[[], None]:
         cfg = TeacherTrainConfig(model=self.model, updater=self.variant)
@@ -116,10 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
         start = time.perf_counter()
         calls[1]()  # compile outside the timed region
         compile_s = time.perf_counter() - start
-        rates: list[list[float]] = [[], []]
-        for _ in range(a.pairs):
-            for i, call in enumerate(calls):
-                rates[i].append(items / timed(call, a.steps, 1, device))
+        rates = interleaved_rates(calls, items, a.pairs, a.steps, device)
         eager, compiled = statistics.median(rates[0]), statistics.median(rates[1])
         report["figures"][name] = {"unit": unit, "eager": round(eager, 2), "compiled": round(compiled, 2),
                                    "speedup": round(compiled / eager, 3), "first_call_s": round(compile_s, 1),

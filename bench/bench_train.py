@@ -67,6 +67,26 @@ def cpu_name() -> str:
     return f"cpu: {cpu_model()}, {os.cpu_count()} cores visible"
 
 
+def compile_as_training(teacher: torch.nn.Module, rnn: torch.nn.Module) -> Callable:
+    """What `run.compile: true` does to a teacher and an RNN (models/compiled.py): blocks compiled in place;
+    returns the compiled update DMT's rollout runs."""
+    compile_blocks(teacher)
+    compile_blocks(rnn)
+    return compiled_update(rnn.update)
+
+
+def interleaved_rates(
+    calls: list[Callable[[], None]], items: int, pairs: int, steps: int, device: torch.device
+) -> list[list[float]]:
+    """items/s of each call, measured `pairs` times in turn (call 0, call 1, ..., call 0, ...) so the
+    machine's load hits all alike; each measurement is `timed` after one untimed call."""
+    rates: list[list[float]] = [[] for _ in calls]
+    for _ in range(pairs):
+        for i, call in enumerate(calls):
+            rates[i].append(items / timed(call, steps, 1, device))
+    return rates
+
+
 def timed(step: Callable[[], None], steps: int, warmup: int, device: torch.device) -> float:
     """Median seconds per call after `warmup` untimed calls (CUDA synchronised around each call).
 
@@ -103,11 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     teacher = build_teacher(model).to(device).requires_grad_(False)
     rnn = build_rnn(variant, model, teacher).to(device)
-    update = None
-    if a.compile:  # as run.compile trains: blocks compiled, the DMT rollout as one compiled update
-        compile_blocks(rnn)
-        compile_blocks(teacher)
-        update = compiled_update(rnn.update)
+    update = compile_as_training(teacher, rnn) if a.compile else None
     opt = build_optimizer(list(rnn.parameters()), OptimConfig())
     z = model.memory_size
 

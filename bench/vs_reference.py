@@ -45,9 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from bench.bench_train import cpu_name, timed  # noqa: E402
+from bench.bench_train import compile_as_training, cpu_name, interleaved_rates  # noqa: E402
 from models.build import build_rnn, build_teacher  # noqa: E402
-from models.compiled import compile_blocks, compiled_update  # noqa: E402
 from schemas.config import DMTConfig, OptimConfig, RNNConfig, TeacherModelConfig, TeacherTrainConfig  # noqa: E402
 from training.loop import build_optimizer, resolve_device  # noqa: E402
 from training.steps import bptt_step_loss, dmt_step_loss, smt_step_loss, teacher_step_loss  # noqa: E402
@@ -143,11 +142,7 @@ class Sides:
         self.variant = RNNConfig(kind="transformer", width=s.width, depth=s.rnn_depth, heads=s.heads, **extra)
         self.teacher = build_teacher(self.model).to(device)
         self.rnn = build_rnn(self.variant, self.model, self.teacher).to(device)
-        self.rollout_update = None
-        if compile:  # what TrainLoop and the DMT stage do with run.compile
-            compile_blocks(self.teacher)
-            compile_blocks(self.rnn)
-            self.rollout_update = compiled_update(self.rnn.update)
+        self.rollout_update = compile_as_training(self.teacher, self.rnn) if compile else None
         self.tokens = lambda *shape: torch.randint(0, s.vocab, shape, device=device)
 
     def parameters(self) -> dict:
@@ -292,10 +287,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     for name in a.only:
         ref_call, ours, items, unit = sides.figure(name)
-        ref_rates, our_rates = [], []
-        for _ in range(a.pairs):
-            ref_rates.append(items / timed(ref_call, a.steps, 1, device))
-            our_rates.append(items / timed(ours, a.steps, 1, device))
+        ref_rates, our_rates = interleaved_rates([ref_call, ours], items, a.pairs, a.steps, device)
         ref_median, our_median = statistics.median(ref_rates), statistics.median(our_rates)
         report["figures"][name] = {
             "unit": unit, "reference": round(ref_median, 2), "ours": round(our_median, 2),

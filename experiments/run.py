@@ -23,6 +23,7 @@ from fsspec.core import url_to_fs
 
 from schemas.config import PipelineConfig, load_config
 from training.machine import cpu_model
+from training.threads import available_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
@@ -55,15 +56,9 @@ def machine() -> dict[str, Any]:
     if torch.cuda.is_available():
         device = torch.cuda.get_device_name(0)
     else:
-        device = f"CPU: {cpu_model()} ({torch.get_num_threads()} threads of {_cores()} cores)"
+        device = f"CPU: {cpu_model()} ({torch.get_num_threads()} threads of {available_cores()} cores)"
     return {"device": device, "torch": torch.__version__, "python": platform.python_version(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability()}
-
-
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def run_experiment(cfg: PipelineConfig, config_path: str) -> tuple[dict[str, Any], str]:
