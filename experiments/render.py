@@ -62,7 +62,10 @@ def teacher_line(record: dict[str, Any]) -> str:
     t = record["teacher"]
     row = next((r for r in record["summary"] if r["rnn"] == "teacher"), {})
     acc = row.get("accuracy")
-    parts = [f"teacher ({t.get('steps')} steps): held-out L_dec0 {cell(t.get('test_dec0_bits'))} bits"]
+    steps = f"{t.get('steps')} steps"
+    if t.get("init_steps"):  # started from another teacher (teacher.init_from): its steps and seconds too
+        steps += f" after a parent teacher's {t['init_steps']} steps and {t.get('init_seconds', 0):.0f} s"
+    parts = [f"teacher ({steps}): held-out L_dec0 {cell(t.get('test_dec0_bits'))} bits"]
     if t.get("test_unigram_bits") is not None:
         parts.append(f"unigram {cell(t['test_unigram_bits'])}, chance {cell(t.get('chance_bits'))}")
     if acc is not None:

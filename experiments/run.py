@@ -22,12 +22,14 @@ import typer
 from fsspec.core import url_to_fs
 
 from schemas.config import PipelineConfig, load_config
-from training.machine import cpu_model
+from training.machine import cpu_model, cpu_vendor
 from training.threads import available_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
 REPORT_FIGURES = ("compute.png",)
+TEACHER_STATS = ("test_dec0_bits", "test_unigram_bits", "chance_bits", "steps", "train_flops",
+                 "init_steps", "init_seconds", "init_flops")  # init_*: a teacher started from another
 
 
 def smoke_config(cfg: PipelineConfig) -> PipelineConfig:
@@ -41,6 +43,7 @@ def smoke_config(cfg: PipelineConfig) -> PipelineConfig:
     else:
         data["tokens"]["max_docs"] = min(data["tokens"]["max_docs"] or 256, 256)
     data["teacher"]["run"].update(steps=6, checkpoint_every=6, log_every=3)
+    data["teacher"]["init_from"] = None  # its parent is another experiment's full teacher, absent in a smoke root
     data["labels"].update(num_windows=32, shard_windows=16)
     for stage, steps in (("distill", 6), ("dmt", 2), ("bptt", 4)):
         data[stage]["run"].update(steps=steps, checkpoint_every=steps, log_every=2)
@@ -58,7 +61,7 @@ def machine() -> dict[str, Any]:
     else:
         device = f"CPU: {cpu_model()} ({torch.get_num_threads()} threads of {available_cores()} cores)"
     return {"device": device, "torch": torch.__version__, "python": platform.python_version(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_vendor": cpu_vendor()}
 
 
 def run_experiment(cfg: PipelineConfig, config_path: str) -> tuple[dict[str, Any], str]:
@@ -83,8 +86,7 @@ def run_experiment(cfg: PipelineConfig, config_path: str) -> tuple[dict[str, Any
         "date": time.strftime("%Y-%m-%d"),
         "wall_clock_s": round(seconds, 1),  # this invocation only: re-used artifacts cost it nothing
         "stage_seconds": {role: _seconds(s) for role, s in stats.items() if _seconds(s) is not None},
-        "teacher": {k: stats["teacher"].get(k) for k in ("test_dec0_bits", "test_unigram_bits", "chance_bits",
-                                                        "steps", "train_flops")},
+        "teacher": {k: stats["teacher"][k] for k in TEACHER_STATS if k in stats["teacher"]},
         "summary": summary,
         "across_seeds": seed_rows(summary),
         "compute": compute_rows(lineage),

@@ -182,7 +182,7 @@ class TokensConfig(StrictModel):
 class TeacherTrainConfig(StrictModel):
     """Teacher training: joint L_dec + L_dyn + L_unif with a reference Transformer updater."""
 
-    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"anchors"})
+    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"anchors", "init_from"})
 
     model: TeacherModelConfig = Field(default_factory=TeacherModelConfig, description="teacher shape")
     updater: RNNConfig = Field(default_factory=RNNConfig, description="reference updater for L_dyn")
@@ -197,6 +197,12 @@ class TeacherTrainConfig(StrictModel):
     anchors: Literal["uniform", "scored"] = Field(
         "uniform", description="where m_t is taken: any position, or up to future_len-1 before a scored target "
         "(sparse tasks such as retrieval: uniform anchors rarely put the answer in the decoder's future)",
+    )
+    init_from: str | None = Field(
+        None, description="start from this teacher artifact's weights (teacher and reference updater): a URL, or a "
+        "name under the run root such as teacher-<hash16>. Same shapes required; context_len and future_len may "
+        "differ, so a teacher trained on short sequences starts one for longer ones (a curriculum over lengths). "
+        "Its cost is counted in this teacher's train_flops",
     )
 
 

@@ -131,13 +131,9 @@ def compute_rows(lineage: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
 
 
 def _teacher_flops(lineage: dict[str, dict[str, str]]) -> int:
-    from store.teacher import teacher_config
-    from training.flops import teacher_training_flops
+    from store.teacher import recorded_train_flops
 
-    manifest = read_manifest(lineage["teacher"]["url"], "teacher")
-    if "train_flops" in manifest.stats:
-        return int(manifest.stats["train_flops"])
-    return teacher_training_flops(teacher_config(manifest))  # teachers published before it was recorded
+    return recorded_train_flops(read_manifest(lineage["teacher"]["url"], "teacher"))
 
 
 def _label_flops(lineage: dict[str, dict[str, str]]) -> int:

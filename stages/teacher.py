@@ -17,6 +17,7 @@ from torch import nn
 from models.build import build_rnn, build_teacher, seeded_init
 from schemas.config import TeacherTrainConfig
 from schemas.layout import SPLIT_TEST, SPLIT_TRAIN
+from schemas.manifest import Manifest
 from store.artifacts import (
     CHECKPOINT_DIR,
     ArtifactError,
@@ -24,12 +25,13 @@ from store.artifacts import (
     is_complete,
     open_artifact,
     read_manifest,
+    resolve_under,
 )
 from store.checkpoints import Checkpoints
 from store.crops import DocumentCrops
 from store.locks import one_writer
 from store.plans import plan_teacher
-from store.teacher import publish_teacher, teacher_config
+from store.teacher import load_init_weights, publish_teacher, recorded_train_flops, teacher_config
 from store.tokens import TokensArtifact
 from training.distributed import init_distributed, rank_device, rank_seed
 from training.evaluation import unigram_bits
@@ -73,6 +75,9 @@ def teacher_stage(tokens_url: str, cfg: TeacherTrainConfig, root: str) -> Artifa
     with seeded_init(cfg.run.seed):  # identical init on every rank and every resume
         teacher = build_teacher(mc)
         updater = build_rnn(cfg.updater, mc, teacher)
+    parent = None  # a resumed run's checkpoint replaces these weights, as it does a fresh init
+    if cfg.init_from is not None:
+        parent = load_init_weights(resolve_under(root, cfg.init_from), cfg, teacher, updater)
     generator = torch.Generator(device=device)
     generator.manual_seed(rank_seed(cfg.run.seed, ctx.rank, "teacher-loss"))
     anchors_cache: dict[int, torch.Tensor] = {}
@@ -109,7 +114,7 @@ def teacher_stage(tokens_url: str, cfg: TeacherTrainConfig, root: str) -> Artifa
     )
     result = loop.run()
     if ctx.is_main:
-        _publish(ref, cfg, teacher, updater, result, tokens, device)
+        _publish(ref, cfg, teacher, updater, result, tokens, device, parent)
     ctx.barrier()
     return ref
 
@@ -122,19 +127,31 @@ def _publish(
     result: LoopResult,
     tokens: TokensArtifact,
     device: torch.device,
+    parent: Manifest | None,
 ) -> None:
-    """Score the trained teacher on held-out data, then publish it (store/teacher.py)."""
+    """Score the trained teacher on held-out data, then publish it (store/teacher.py).
+
+    A teacher started from another (`init_from`) counts that one's cost too: `train_flops` includes the
+    parent's (and its parents'), and `init_flops` / `init_seconds` / `init_steps` say how much that was."""
     head = getattr(updater, "readout_head", None)
     if head is not None and hasattr(head, "decoder"):
         # the updater's readout was copied from the *initial* decoder; give it the trained one
         head.decoder.load_state_dict(teacher.decoder.state_dict())  # type: ignore[attr-defined]
     teacher.eval()
+    init = {}
+    if parent is not None:
+        ps = parent.stats
+        init = {"init_flops": recorded_train_flops(parent),
+                "init_seconds": ps.get("seconds", 0.0) + ps.get("init_seconds", 0.0),
+                "init_steps": ps.get("steps", 0) + ps.get("init_steps", 0)}
     stats = {
         "steps": result.step,
         "seconds": result.seconds,
         "stopped": result.stopped,
         "torch_threads": result.threads,
-        "train_flops": result.step * teacher_step_flops(cfg),  # counted like the students' (training/flops.py)
+        # counted like the students' (training/flops.py), with the parent teacher's cost when there is one
+        "train_flops": result.step * teacher_step_flops(cfg) + init.get("init_flops", 0),
+        **init,
         **{f"final_{k}": result.last(k) for k in ("loss", "dec", "dec0", "dyn", "unif") if result.metrics},
         **test_dec0(teacher, tokens, device),
     }

@@ -84,6 +84,13 @@ def artifact_url(root: str, kind: str, digest: str) -> str:
     return f"{root.rstrip('/')}/{kind}-{digest[:16]}"
 
 
+def resolve_under(root: str, name: str) -> str:
+    """`name` as given when it is a URL or an absolute path, otherwise the artifact `name` under `root`."""
+    if "://" in name or name.startswith("/"):
+        return name.rstrip("/")
+    return f"{root.rstrip('/')}/{name.strip('/')}"
+
+
 def plan_artifact(root: str, kind: str, config: dict[str, Any], parents: dict[str, str]) -> ArtifactRef:
     """Compute the content address of an artifact before building it."""
     digest = artifact_hash(kind, config, parents)

@@ -20,7 +20,7 @@ from schemas.config import (
     TeacherTrainConfig,
     TokensConfig,
 )
-from store.artifacts import ArtifactRef, plan_artifact, read_manifest
+from store.artifacts import ArtifactError, ArtifactRef, plan_artifact, read_manifest, resolve_under
 
 
 def _json(model: Any) -> Any:
@@ -39,7 +39,15 @@ def plan_tokens(cfg: TokensConfig, root: str, **_: Any) -> ArtifactRef:
 
 
 def plan_teacher(tokens_url: str, cfg: TeacherTrainConfig, root: str, **_: Any) -> ArtifactRef:
-    return plan_artifact(root, "teacher", _json(cfg), {"tokens": parent_hash(tokens_url)})
+    """A teacher started from another (`init_from`) has that one's hash among its parents, as "init"."""
+    parents = {"tokens": parent_hash(tokens_url)}
+    if cfg.init_from is not None:
+        url = resolve_under(root, cfg.init_from)
+        try:
+            parents["init"] = read_manifest(url, "teacher").hash
+        except ArtifactError as err:
+            raise ArtifactError(f"teacher.init_from: {err} (train that teacher first)") from err
+    return plan_artifact(root, "teacher", _json(cfg), parents)
 
 
 def plan_labels(

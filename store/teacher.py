@@ -63,6 +63,45 @@ def load_reference_updater(
     return updater, manifest
 
 
+def recorded_train_flops(manifest: Manifest) -> int:
+    """What a teacher artifact cost to train (its parents included), as recorded; teachers published before
+    it was recorded get it counted from their config (training/flops.py)."""
+    if "train_flops" in manifest.stats:
+        return int(manifest.stats["train_flops"])
+    from training.flops import teacher_training_flops
+
+    return teacher_training_flops(teacher_config(manifest))
+
+
+LENGTH_FIELDS = ("context_len", "future_len")  # crop lengths, not weight shapes: they may differ from the parent
+
+
+def load_init_weights(
+    url: str, cfg: TeacherTrainConfig, teacher: nn.Module, updater: nn.Module, device: str | torch.device = "cpu"
+) -> Manifest:
+    """Copy a parent teacher artifact's weights (teacher and reference updater) into fresh modules.
+
+    Refuses a parent of another shape: every model field but the crop lengths (LENGTH_FIELDS), and the
+    updater config, must match. Returns the parent's manifest (its stats carry the cost to count).
+    """
+    ref, manifest = open_artifact(url, "teacher")
+    parent = teacher_config(manifest)
+    ours = cfg.model.model_dump(exclude=set(LENGTH_FIELDS))
+    theirs = parent.model.model_dump(exclude=set(LENGTH_FIELDS))
+    differ = sorted(k for k in ours if ours[k] != theirs.get(k))
+    if parent.updater != cfg.updater:
+        differ.append("updater")
+    if differ:
+        raise ArtifactError(
+            f"teacher.init_from {url} has another shape ({', '.join(differ)} differ): only "
+            f"{' and '.join(LENGTH_FIELDS)} may change"
+        )
+    for name, module in ((TEACHER_FILE, teacher), (UPDATER_FILE, updater)):
+        check_recorded_file(ref.url, manifest.checksums, name, "teacher")
+        load_module(ref.join(name), module, device)
+    return manifest
+
+
 def publish_teacher(
     ref: ArtifactRef, teacher: nn.Module, updater: nn.Module, metrics: list[dict[str, Any]], stats: dict[str, Any]
 ) -> Manifest:

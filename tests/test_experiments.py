@@ -35,7 +35,8 @@ def test_experiment_smoke_runs_and_renders(config: Path, tmp_path: Path, one_thr
     modes = {(r["variant"], r["mode"]) for r in record["summary"]}
     variants = {v.get("name") or v["kind"] for v in record["config"]["variants"]}
     assert {(v, m) for v in variants for m in ("smt", "smt+dmt", "bptt")} <= modes
-    assert record["machine"]["device"] and record["wall_clock_s"] > 0 and record["stage_seconds"]["teacher"] >= 0
+    assert record["machine"]["device"] and record["machine"]["cpu_vendor"]
+    assert record["wall_clock_s"] > 0 and record["stage_seconds"]["teacher"] >= 0
     page = render(out)
     assert f"## {record['name']}" in page and "| variant | mode | seeds | accuracy | bits |" in page
     for figure in record["figures"]:

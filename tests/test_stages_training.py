@@ -26,6 +26,7 @@ from _fixtures_training import (
     state_equal,
 )
 
+from schemas.config import OptimConfig
 from stages.bptt import bptt_stage
 from stages.distill import distill_stage
 from stages.dmt import dmt_stage
@@ -269,6 +270,38 @@ def test_teacher_quality_gate_stops_a_teacher_that_learned_nothing(chain: Chain,
     del manifest["stats"]["test_unigram_bits"], manifest["stats"]["chance_bits"]
     (old / "manifest.json").write_text(json.dumps(manifest))
     assert require_useful_teacher(str(old), chain.tokens.url, None) == quality
+
+
+def test_a_teacher_started_from_another_loads_its_weights_and_counts_its_cost(chain: Chain) -> None:
+    """teacher.init_from: a longer context (a curriculum over lengths) starts from the chain's teacher; its
+    lineage names that parent, its train_flops include the parent's, and another shape or a missing parent
+    is refused by name."""
+    from store.teacher import recorded_train_flops
+    from training.flops import teacher_step_flops
+
+    parent = read_manifest(chain.teacher.url, "teacher")
+    longer = TINY_MODEL.model_copy(update={"context_len": 24})
+    cfg = TEACHER_CFG.model_copy(update={"model": longer, "run": TEACHER_CFG.run.model_copy(update={"steps": 2}),
+                                         "optim": OptimConfig(lr=1e-7, weight_decay=0.0),
+                                         "init_from": chain.teacher.url.rsplit("/", 1)[1]})  # a name under root
+    ref = teacher_stage(chain.tokens.url, cfg, chain.root)
+    manifest = read_manifest(ref.url, "teacher")
+    assert manifest.parents == {"tokens": chain.tokens.hash, "init": parent.hash}
+    stats = manifest.stats
+    assert stats["init_flops"] == recorded_train_flops(parent) > 0 and stats["init_steps"] == parent.stats["steps"]
+    assert stats["train_flops"] == 2 * teacher_step_flops(cfg) + stats["init_flops"]
+    before, _ = load_teacher(chain.teacher.url)
+    after, _ = load_teacher(ref.url)
+    for (name, a), (_, b) in zip(before.state_dict().items(), after.state_dict().items(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5), name  # two steps at lr 1e-7 from the parent's weights
+    fresh = teacher_stage(chain.tokens.url, cfg.model_copy(update={"init_from": None}), chain.root)
+    assert not state_equal(load_teacher(fresh.url)[0], after)  # without it: a fresh init, another address
+
+    wider = cfg.model_copy(update={"model": longer.model_copy(update={"width": 64})})
+    with pytest.raises(ArtifactError, match="another shape \\(width differ\\)"):
+        teacher_stage(chain.tokens.url, wider, chain.root)
+    with pytest.raises(ArtifactError, match="teacher.init_from: no artifact at .*train that teacher first"):
+        teacher_stage(chain.tokens.url, cfg.model_copy(update={"init_from": "teacher-0000000000000000"}), chain.root)
 
 
 def test_unigram_bits() -> None:
