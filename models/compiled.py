@@ -2,8 +2,10 @@
 
 Why blocks and not the whole model: every `Block` runs the same code, so inductor compiles it once per
 input shape and every block of the encoder, decoder and updater reuses the result ("regional
-compilation"). On the 2-core CPU that is ~30 s of compiling against ~90 s for the whole teacher, and it is
-where the time goes: a block's RMSNorms, rotary products, MLP activation and residual adds (and their
+compilation"). Shapes are static (one graph per shape): with dynamo's automatic dynamic shapes, the
+backward of a re-used graph failed an inductor stride assertion in torch 2.13 (tests/test_compiled.py).
+On the 2-core CPU that is ~30 s of compiling against ~90 s for the whole teacher, and it is where the
+time goes: a block's RMSNorms, rotary products, MLP activation and residual adds (and their
 backward) become a few fused kernels instead of dozens of memory passes (bench/vs_reference.py --compile).
 Compiled results equal the eager ones up to float rounding (tests/test_compiled.py), so a compiled run
 gets its own artifact address (`compile` is part of the run config).
@@ -20,18 +22,19 @@ from models.layers import Block
 
 # Distinct (shape, rows kept, mask or not) cases one training step meets: encoder blocks with and without
 # the kept registers, causal decoder blocks, updater blocks, a readout's last row, a last smaller batch.
-# Beyond torch's default of 8 per code object dynamo would silently fall back to eager for the rest.
+# Beyond torch's default of 8 per code object dynamo would silently fall back to eager for the rest (as it
+# does past this limit: slower, never wrong).
 RECOMPILE_LIMIT = 32
 
 
 def compile_blocks(module: nn.Module) -> int:
-    """Compile every Transformer `Block` inside `module` in place (shapes dynamic after the first change);
+    """Compile every Transformer `Block` inside `module` in place (static shapes: a graph per input shape);
     returns how many. Modules without blocks (GRU, LSTM, MLP updaters) are left as they are."""
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     blocks = [m for m in module.modules() if isinstance(m, Block)]
     for block in blocks:
         if getattr(block, "_compiled_call_impl", None) is None:  # compiling twice would nest the two
-            block.compile()
+            block.compile(dynamic=False)
     return len(blocks)
 
 

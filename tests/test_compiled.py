@@ -17,7 +17,7 @@ from torch._dynamo.utils import counters
 from models.build import build_rnn, build_teacher
 from models.compiled import compile_blocks, compiled_update
 from models.layers import Block
-from schemas.config import DMTConfig, OptimConfig, RNNConfig, RunConfig, TeacherTrainConfig
+from schemas.config import DMTConfig, OptimConfig, RNNConfig, RunConfig, TeacherModelConfig, TeacherTrainConfig
 from training.loop import TrainLoop
 from training.steps import dmt_step_loss, teacher_step_loss
 
@@ -105,3 +105,26 @@ def test_train_loop_compiles_blocks_on_the_cpu_only_when_asked():
     assert all(getattr(b, "_compiled_call_impl", None) is None for b in blocks(rnn))
     assert all(getattr(b, "_compiled_call_impl", None) is not None for b in blocks(rnn_c))
     assert not blocks(gru)  # a GRU with an MLP readout has no blocks: nothing to compile, nothing breaks
+
+
+
+def test_compiled_teachers_of_two_lengths_train_in_one_process():
+    """Every Block shares one compiled code object, and one teacher step alone meets several shapes (encoder,
+    decoder, updater). With dynamo's automatic dynamic shapes the backward of a re-used graph failed an
+    inductor stride assertion at these sizes (torch 2.13: "expected size 16==16, stride 48==80"), already in
+    the first teacher, and for the second, shorter one in a process that trained a longer one first (a
+    curriculum, a long-lived worker, the experiment smoke tests). compile_blocks compiles static shapes."""
+    for context_len, future_len in ((12, 8), (6, 4)):
+        model = TeacherModelConfig(vocab_size=9, width=16, heads=2, encoder_depth=2, decoder_depth=1,
+                                   memory_tokens=2, memory_dim=8, context_len=context_len, future_len=future_len)
+        updater = RNNConfig(kind="transformer", width=16, depth=2, heads=2)
+        torch.manual_seed(0)
+        teacher = build_teacher(model)
+        rnn = build_rnn(updater, model, teacher)
+        compile_blocks(teacher), compile_blocks(rnn)
+        cfg = TeacherTrainConfig(model=model, updater=updater)
+        anchors = torch.full((16,), context_len - 1)
+        for _ in range(2):
+            x = torch.randint(0, 8, (16, context_len + future_len + 1))
+            teacher_step_loss(teacher, rnn, x, x, cfg, anchors=anchors)["loss"].backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in teacher.encoder.parameters())
