@@ -20,17 +20,20 @@ from torch import Tensor, nn
 
 from models.layers import Block
 
-# Distinct (shape, rows kept, mask or not) cases one training step meets: encoder blocks with and without
-# the kept registers, causal decoder blocks, updater blocks, a readout's last row, a last smaller batch.
-# Beyond torch's default of 8 per code object dynamo would silently fall back to eager for the rest (as it
-# does past this limit: slower, never wrong).
-RECOMPILE_LIMIT = 32
+# Graphs one code object may hold. Shapes are static, and every Block of every model in the process shares
+# Block.forward's cache: one training step meets several (encoder blocks with and without the kept
+# registers, causal decoder blocks, updater blocks, a readout's last row, a last smaller batch), and a
+# long-lived process (a worker that runs many flows, pytest) trains models of other lengths after it. Past
+# the limit dynamo silently runs the new shapes eager (slower, never wrong); torch's default is 8.
+RECOMPILE_LIMIT = 256
 
 
 def compile_blocks(module: nn.Module) -> int:
     """Compile every Transformer `Block` inside `module` in place (static shapes: a graph per input shape);
     returns how many. Modules without blocks (GRU, LSTM, MLP updaters) are left as they are."""
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
+    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, RECOMPILE_LIMIT)
     blocks = [m for m in module.modules() if isinstance(m, Block)]
     for block in blocks:
         if getattr(block, "_compiled_call_impl", None) is None:  # compiling twice would nest the two

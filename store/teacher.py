@@ -4,7 +4,8 @@
                     /updater.safetensors    reference updater (RNN) state_dict
                     /metrics.parquet        step, loss terms, lr (one row per log_every)
                     /timings.parquet        step, seconds, items_per_s (store/training_log.py)
-                    /manifest.json          config = TeacherTrainConfig, parents {"tokens": hash}
+                    /manifest.json          config = TeacherTrainConfig, parents {"tokens": hash} (+ "init":
+                                            the teacher it started from, with `init_from`)
 """
 
 from __future__ import annotations
