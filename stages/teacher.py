@@ -138,7 +138,7 @@ def _publish(
         # the updater's readout was copied from the *initial* decoder; give it the trained one
         head.decoder.load_state_dict(teacher.decoder.state_dict())  # type: ignore[attr-defined]
     teacher.eval()
-    init = {}
+    init: dict[str, float] = {}
     if parent is not None:
         ps = parent.stats
         init = {"init_flops": recorded_train_flops(parent),

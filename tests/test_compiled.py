@@ -107,7 +107,6 @@ def test_train_loop_compiles_blocks_on_the_cpu_only_when_asked():
     assert not blocks(gru)  # a GRU with an MLP readout has no blocks: nothing to compile, nothing breaks
 
 
-
 def test_compiled_teachers_of_two_lengths_train_in_one_process():
     """Every Block shares one compiled code object, and one teacher step alone meets several shapes (encoder,
     decoder, updater). With dynamo's automatic dynamic shapes the backward of a re-used graph failed an
@@ -121,7 +120,8 @@ def test_compiled_teachers_of_two_lengths_train_in_one_process():
         torch.manual_seed(0)
         teacher = build_teacher(model)
         rnn = build_rnn(updater, model, teacher)
-        compile_blocks(teacher), compile_blocks(rnn)
+        compile_blocks(teacher)
+        compile_blocks(rnn)
         cfg = TeacherTrainConfig(model=model, updater=updater)
         anchors = torch.full((16,), context_len - 1)
         for _ in range(2):
