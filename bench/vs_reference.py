@@ -4,7 +4,10 @@ The reference (akarshkumar0101/smt, `src/model.py`) is imported from `--referenc
 (its imports: pip install x-transformers einops einx loguru frozendict torch-einops-utils tqdm). Both
 sides get the same shapes, the same batch, fp32, the same threads; each figure is measured in
 `--pairs` interleaved (reference, ours) pairs so the machine's load hits both alike, and the JSON line
-holds the medians and ours / reference as a rate ratio (> 1: ours is faster).
+holds the medians and ours / reference as a rate ratio (> 1: ours is faster). It also holds each side's
+FLOPs per item (torch's FlopCounterMode over one call: matmuls and attention, forward and backward) and the
+GFLOP/s they ran at, beside a plain fp32 matmul's on the same threads, so a ratio reads as "fewer FLOPs"
+or "FLOPs run faster", and a target above what the matmul allows shows as such.
 
 Figures (every training figure is a full optimiser step: forward, backward, AdamW):
   teacher_step  teacher + updater trained jointly (reference `forward_smt`; ours `teacher_step_loss`)
@@ -45,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from bench.bench_train import compile_as_training, cpu_name, interleaved_rates  # noqa: E402
+from bench.bench_train import compile_as_training, cpu_name, interleaved_rates, timed  # noqa: E402
 from models.build import build_rnn, build_teacher  # noqa: E402
 from schemas.config import DMTConfig, OptimConfig, RNNConfig, TeacherModelConfig, TeacherTrainConfig  # noqa: E402
 from training.loop import build_optimizer, resolve_device  # noqa: E402
@@ -107,6 +110,24 @@ def import_reference(src: str):
     except ImportError as err:
         raise SystemExit(f"the reference needs {err.name}: pip install x-transformers einops einx loguru "
                          "frozendict torch-einops-utils tqdm") from err
+
+
+def count_flops(call: Callable[[], None]) -> int:
+    """FLOPs of one call (matmuls and attention, forward and backward), run eagerly: compiled code is
+    counted as the same math it compiles."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.compiler.set_stance("force_eager"), FlopCounterMode(display=False) as counter:
+        call()
+    return counter.get_total_flops()
+
+
+def matmul_gflops(device: torch.device, n: int = 2048, calls: int = 5) -> float:
+    """GFLOP/s of an n x n fp32 matmul on this device and these threads (median of `calls`): the ceiling
+    the figures' GFLOP/s are read against."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    seconds = timed(lambda: a @ b, calls, 1, device)
+    return 2 * n**3 / seconds / 1e9
 
 
 def optimiser_step(params: list, loss: Callable[[], torch.Tensor]) -> Callable[[], None]:
@@ -283,19 +304,25 @@ def main(argv: list[str] | None = None) -> dict:
         "mlp": sides.model.mlp,
         "compile": a.compile,
         "parameters": sides.parameters(),
+        "matmul_gflops": round(matmul_gflops(device), 1),
         "figures": {},
     }
     for name in a.only:
         ref_call, ours, items, unit = sides.figure(name)
         ref_rates, our_rates = interleaved_rates([ref_call, ours], items, a.pairs, a.steps, device)
         ref_median, our_median = statistics.median(ref_rates), statistics.median(our_rates)
+        ref_flops, our_flops = count_flops(ref_call) / items, count_flops(ours) / items  # per item
         report["figures"][name] = {
             "unit": unit, "reference": round(ref_median, 2), "ours": round(our_median, 2),
             "ratio": round(our_median / ref_median, 3),
             "reference_all": [round(r, 2) for r in ref_rates], "ours_all": [round(r, 2) for r in our_rates],
+            "mflop_per_item": {"reference": round(ref_flops / 1e6, 3), "ours": round(our_flops / 1e6, 3)},
+            "gflops": {"reference": round(ref_flops * ref_median / 1e9, 1), "ours": round(our_flops * our_median / 1e9, 1)},
         }
         print(f"{name:13s} reference {ref_median:10.1f}  ours {our_median:10.1f} {unit:14s} "
-              f"ours/reference {our_median / ref_median:5.2f}", file=sys.stderr, flush=True)
+              f"ours/reference {our_median / ref_median:5.2f}  MFLOP/item {ref_flops / 1e6:8.2f} / {our_flops / 1e6:8.2f}"
+              f"  GFLOP/s {ref_flops * ref_median / 1e9:5.1f} / {our_flops * our_median / 1e9:5.1f} "
+              f"(matmul {report['matmul_gflops']})", file=sys.stderr, flush=True)
     print(json.dumps(report))
     return report
 
