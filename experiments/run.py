@@ -98,7 +98,8 @@ def run_experiment(cfg: PipelineConfig, config_path: str) -> tuple[dict[str, Any
 
 
 def _seconds(stats: dict[str, Any]) -> float | None:
-    value = stats.get("train_seconds", stats.get("seconds"))
+    """A stage's recorded time: training (teacher, students) or encoding (the label job's workers)."""
+    value = stats.get("train_seconds", stats.get("seconds", stats.get("encode_seconds")))
     return round(float(value), 1) if isinstance(value, int | float) else None
 
 
