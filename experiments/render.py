@@ -93,8 +93,8 @@ def section(record: dict[str, Any], folder: Path) -> str:
         f"Config `{record['config_path']}`, seeds {record['seeds']}, {m['device']}, torch {m['torch']}, "
         f"{record['date']}. Wall clock: {_total(record):g} s summed over the stages that record their time "
         f"({stages}; training, and the label workers' encoding where listed; not the tokens stage, the Beam "
-        f"job's own overhead or evaluation); the recording run took {record['wall_clock_s']:g} s (artifacts that existed already "
-        "were re-used).\n",
+        f"job's own overhead or evaluation); the recording run took {record['wall_clock_s']:g} s "
+        "(artifacts that existed already were re-used).\n",
         teacher_line(record) + "\n",
         students_table(record),
     ]

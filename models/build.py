@@ -20,6 +20,13 @@ GLOBAL_RNG_LOCK = threading.RLock()
 restoring a checkpoint's RNG): the flow's tasks are threads of one process sharing that generator."""
 
 
+def reseed_global(seed: int) -> None:
+    """Seed torch's global CPU generator under GLOBAL_RNG_LOCK, so it never resets under a seeded build
+    running in another thread (a DMT task doing it unlocked moved the demo's Transformer BPTT student)."""
+    with GLOBAL_RNG_LOCK:
+        torch.manual_seed(seed)
+
+
 @contextmanager
 def seeded_init(seed: int) -> Iterator[None]:
     """Initialise modules from `seed` whatever else is running.

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import torch
 
-from models.build import GLOBAL_RNG_LOCK
+from models.build import reseed_global
 from models.compiled import compile_blocks, compiled_update
 from schemas.config import DMTConfig
 from schemas.layout import SPLIT_TRAIN
@@ -56,8 +56,7 @@ def dmt_stage(rnn_url: str, labels_url: str, teacher_url: str, cfg: DMTConfig, r
     ctx = init_distributed(device)
     device = rank_device(device, ctx)
 
-    with GLOBAL_RNG_LOCK:  # the flow's other tasks are threads of this process: reseeding the shared generator
-        torch.manual_seed(cfg.run.seed)  # unlocked moved a concurrent seeded build (the demo's Transformer BPTT)
+    reseed_global(cfg.run.seed)
     rnn.requires_grad_(True)
     rnn.train()
     decoder = None

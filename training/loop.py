@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from models.build import GLOBAL_RNG_LOCK
+from models.build import reseed_global
 from models.compiled import compile_blocks
 from schemas.config import OptimConfig, RunConfig
 from training import distributed as distributed_mod
@@ -234,8 +234,7 @@ class TrainLoop:
         if len(rngs) == self.ctx.world_size:
             rng.restore_rng(rngs[self.ctx.rank], self.generators)
         else:  # resumed on a different world size: continue reproducibly, not identically
-            with GLOBAL_RNG_LOCK:
-                torch.manual_seed(distributed_mod.rank_seed(self.run_cfg.seed, self.ctx.rank, "resume", self.step))
+            reseed_global(distributed_mod.rank_seed(self.run_cfg.seed, self.ctx.rank, "resume", self.step))
 
     def save(self) -> None:
         state = self.state()  # every rank takes part (RNG gather); only rank 0 writes
