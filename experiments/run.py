@@ -37,7 +37,7 @@ def smoke_config(cfg: PipelineConfig) -> PipelineConfig:
     quality gate (a teacher of a few steps is at chance; the smoke checks the wiring, not the numbers)."""
     data = cfg.model_dump(mode="json")
     data["name"] = f"{cfg.name}-smoke"
-    data["teacher_margin_bits"] = None
+    data["teacher_margin_bits"] = data["teacher_min_accuracy"] = None
     if data["tokens"]["source"] == "synthetic":
         data["tokens"]["num_docs"] = min(data["tokens"]["num_docs"], 256)
     else:

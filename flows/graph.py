@@ -122,7 +122,7 @@ def run_graph(
     teacher = done("teacher", submit("teacher", tokens_url=tokens.url, cfg=cfg.teacher))
     if "labels" not in wanted:
         return refs
-    require_useful_teacher(teacher.url, tokens.url, cfg.teacher_margin_bits)  # before the expensive label job
+    require_useful_teacher(teacher.url, tokens.url, cfg.teacher_margin_bits, cfg.teacher_min_accuracy)  # before labels
     labels = done("labels", submit(
         "labels", tokens_url=tokens.url, teacher_url=teacher.url, spec=cfg.labels, beam=cfg.beam,
         worker_threads=cfg.threads))

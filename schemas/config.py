@@ -333,6 +333,11 @@ class PipelineConfig(StrictModel):
         0.05, ge=0, description="stop before the label job unless the teacher's held-out L_dec0 beats the unigram "
         "entropy of the same targets by this many bits (a teacher at chance makes a worthless store); null = off",
     )
+    teacher_min_accuracy: float | None = Field(
+        None, ge=0, le=1, description="also stop unless the teacher's held-out top-1 accuracy on the scored "
+        "anchors reaches this (for tasks with one right answer, such as retrieval or MQAR, where a teacher can "
+        "beat the unigram by storing which answers occur without knowing which one is asked for); null = off",
+    )
     labels: LabelSpec = Field(default_factory=LabelSpec)
     beam: BeamConfig = Field(default_factory=BeamConfig)
     variants: list[RNNConfig] = Field(default_factory=lambda: [RNNConfig()], description="RNNs to train")

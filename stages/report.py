@@ -47,7 +47,9 @@ def _ceiling_note(lineage: dict[str, dict[str, str]], ceiling: float) -> str:
         lines.append(
             f"On held-out data the teacher scores {stats['test_dec0_bits']:.4f} bits against "
             f"{stats['test_unigram_bits']:.4f} for the targets' unigram entropy (guessing from frequencies alone) "
-            f"and {stats['chance_bits']:.4f} for chance."
+            f"and {stats['chance_bits']:.4f} for chance"
+            + (f"; its top-1 accuracy there is {stats['test_dec0_accuracy']:.4f}." if "test_dec0_accuracy" in stats
+               else ".")
         )
     lines.append(
         "L_dec0 is the teacher's readout of its own memory of a full context: an RNN that reads the teacher's "

@@ -31,7 +31,7 @@ from store.checkpoints import Checkpoints
 from store.crops import DocumentCrops
 from store.locks import one_writer
 from store.plans import plan_teacher
-from store.teacher import load_init_weights, publish_teacher, recorded_train_flops, teacher_config
+from store.teacher import load_init_weights, load_teacher, publish_teacher, recorded_train_flops, teacher_config
 from store.tokens import TokensArtifact
 from training.distributed import init_distributed, rank_device, rank_seed
 from training.evaluation import unigram_bits
@@ -166,7 +166,8 @@ def test_dec0(
     positions: int = TEST_POSITIONS,
     seed: int = 0,
 ) -> dict[str, float]:
-    """L_dec0 (nats and bits per token) on `positions` anchors of the test split, full contexts.
+    """L_dec0 (nats and bits per token) and top-1 accuracy on `positions` anchors of the test split, full
+    contexts.
 
     This is the ceiling an RNN reading the teacher's memory can approach (docs/method.md section 7).
     Returns {} when the tokens artifact has no test documents.
@@ -175,15 +176,17 @@ def test_dec0(
         return {}
     x, y = held_out_anchors(tokens, teacher.cfg.context_len, positions, seed)  # type: ignore[attr-defined]
     x_t, y_t = torch.from_numpy(x).to(device), torch.from_numpy(y[:, -1]).to(device)
-    total, count = 0.0, 0
+    total, count, correct = 0.0, 0, 0
     for i in range(0, x.shape[0], 256):
         logits = teacher.readout(teacher.encode(x_t[i : i + 256]))  # type: ignore[operator]
         ce, valid = token_cross_entropy(logits, y_t[i : i + 256])
-        total, count = total + float(ce.sum()), count + int(valid.sum())
+        hits = (logits.argmax(-1) == y_t[i : i + 256]) & valid
+        total, count, correct = total + float(ce.sum()), count + int(valid.sum()), correct + int(hits.sum())
     nats = total / max(count, 1)
     return {
         "test_dec0_nats": nats,
         "test_dec0_bits": nats / math.log(2),
+        "test_dec0_accuracy": correct / max(count, 1),
         "test_dec0_positions": count,
         "test_unigram_bits": unigram_bits(y[:, -1]),
         "chance_bits": math.log2(teacher.cfg.vocab_size),  # type: ignore[attr-defined]
@@ -201,10 +204,15 @@ class TeacherQualityError(ArtifactError):
     """The teacher learned too little for its memories to be worth labelling (see `require_useful_teacher`)."""
 
 
-def require_useful_teacher(teacher_url: str, tokens_url: str, margin_bits: float | None) -> dict[str, float]:
-    """Stop before the label job when the teacher's held-out L_dec0 does not beat the unigram entropy of the
-    same targets by `margin_bits` (None: no gate). Returns {dec0, unigram, chance} in bits ({} without a
-    test split). Teachers published before this gate get the unigram figure recomputed from the tokens."""
+def require_useful_teacher(
+    teacher_url: str, tokens_url: str, margin_bits: float | None, min_accuracy: float | None = None
+) -> dict[str, float]:
+    """Stop before the label job when the teacher has not learned the task: its held-out L_dec0 does not beat
+    the unigram entropy of the same targets by `margin_bits`, or (for tasks with one right answer, where a
+    teacher can beat the unigram by storing which answers occur without knowing which is asked for) its
+    top-1 accuracy on the same anchors is under `min_accuracy`. None turns either test off. Returns {dec0,
+    unigram, chance} in bits and the accuracy ({} without a test split). Figures a teacher published before
+    a test existed lacks are recomputed from the tokens (and the teacher, for the accuracy)."""
     manifest = read_manifest(teacher_url, "teacher")
     stats = dict(manifest.stats)
     if "test_dec0_bits" not in stats:
@@ -214,11 +222,23 @@ def require_useful_teacher(teacher_url: str, tokens_url: str, margin_bits: float
         _, y = held_out_anchors(TokensArtifact.open(tokens_url), model.context_len)
         stats["test_unigram_bits"] = unigram_bits(y[:, -1])
         stats["chance_bits"] = math.log2(model.vocab_size)
+    if "test_dec0_accuracy" not in stats and min_accuracy is not None:
+        teacher, _ = load_teacher(teacher_url)
+        stats["test_dec0_accuracy"] = test_dec0(teacher, TokensArtifact.open(tokens_url),
+                                                torch.device("cpu"))["test_dec0_accuracy"]
     quality = {"dec0": stats["test_dec0_bits"], "unigram": stats["test_unigram_bits"], "chance": stats["chance_bits"]}
+    if "test_dec0_accuracy" in stats:
+        quality["accuracy"] = stats["test_dec0_accuracy"]
     if margin_bits is not None and not quality["dec0"] < quality["unigram"] - margin_bits:
         raise TeacherQualityError(
             f"teacher {teacher_url} has not learned the task: held-out L_dec0 {quality['dec0']:.3f} bits against "
             f"{quality['unigram']:.3f} for the targets' unigram entropy (chance {quality['chance']:.3f}), needed "
             f"{margin_bits:g} bits better; train it longer or differently, or set teacher_margin_bits: null"
+        )
+    if min_accuracy is not None and not quality["accuracy"] >= min_accuracy:
+        raise TeacherQualityError(
+            f"teacher {teacher_url} has not learned the task: held-out top-1 accuracy {quality['accuracy']:.3f} "
+            f"(L_dec0 {quality['dec0']:.3f} bits, unigram {quality['unigram']:.3f}), needed {min_accuracy:g}; "
+            "train it longer or differently, or set teacher_min_accuracy: null"
         )
     return quality

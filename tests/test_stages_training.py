@@ -261,15 +261,27 @@ def test_teacher_quality_gate_stops_a_teacher_that_learned_nothing(chain: Chain,
     with pytest.raises(TeacherQualityError, match="has not learned the task: held-out L_dec0"):
         require_useful_teacher(chain.teacher.url, chain.tokens.url, 0.05)
     quality = require_useful_teacher(chain.teacher.url, chain.tokens.url, None)
-    assert quality == {"dec0": stats["test_dec0_bits"], "unigram": stats["test_unigram_bits"], "chance": 8.0}
+    assert quality == {"dec0": stats["test_dec0_bits"], "unigram": stats["test_unigram_bits"], "chance": 8.0,
+                       "accuracy": stats["test_dec0_accuracy"]}
 
-    # a teacher published before the gate existed has no unigram figure: it is recomputed, the same
+    # the accuracy test, for tasks with one right answer: this teacher's is far from 0.99, and the bits test
+    # being off does not turn it off
+    assert 0 <= stats["test_dec0_accuracy"] < 0.5
+    with pytest.raises(TeacherQualityError, match="held-out top-1 accuracy"):
+        require_useful_teacher(chain.teacher.url, chain.tokens.url, None, min_accuracy=0.99)
+    assert require_useful_teacher(chain.teacher.url, chain.tokens.url, None, min_accuracy=0.0) == quality
+
+    # a teacher published before the gate existed has no unigram figure and no accuracy: they are recomputed,
+    # the same
     old = tmp_path / "teacher-old"
     shutil.copytree(chain.teacher.url, old)
     manifest = json.loads((old / "manifest.json").read_text())
-    del manifest["stats"]["test_unigram_bits"], manifest["stats"]["chance_bits"]
+    for recent in ("test_unigram_bits", "chance_bits", "test_dec0_accuracy"):
+        del manifest["stats"][recent]
     (old / "manifest.json").write_text(json.dumps(manifest))
-    assert require_useful_teacher(str(old), chain.tokens.url, None) == quality
+    without_accuracy = {k: v for k, v in quality.items() if k != "accuracy"}
+    assert require_useful_teacher(str(old), chain.tokens.url, None) == without_accuracy
+    assert require_useful_teacher(str(old), chain.tokens.url, None, min_accuracy=0.0) == quality
 
 
 def test_a_teacher_started_from_another_loads_its_weights_and_counts_its_cost(chain: Chain) -> None:
