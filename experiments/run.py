@@ -49,6 +49,8 @@ def smoke_config(cfg: PipelineConfig) -> PipelineConfig:
         data[stage]["run"].update(steps=steps, checkpoint_every=steps, log_every=2)
     if data.get("bptt_plateau"):
         data["bptt_plateau"].update(max_steps=4, eval_every=2, sequences=8)
+    if data["dmt"].get("keep_best"):
+        data["dmt"]["keep_best"].update(eval_every=1, sequences=8)
     data["evaluate"].update(num_sequences=8, num_samples=1)
     return PipelineConfig.model_validate(data)
 

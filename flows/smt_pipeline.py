@@ -31,6 +31,7 @@ from training.threads import use_threads
 
 RETRIES = 2  # transient failures (a flaky object store, a preempted worker) are retried
 RETRY_DELAY_S = 5
+WAIT_SLICE_S = 0.25  # the flow's main thread waits on a task in slices this long (see `wait_for`)
 
 
 def _result_dir(root: str) -> Path:
@@ -118,8 +119,25 @@ class PrefectExecutor:
         return STAGE_TASKS[stage.name].submit(self.results, run_name, threads=threads, **params)
 
     def result(self, handle: PrefectFuture) -> ArtifactRef:
+        wait_for(handle)
         ref = handle.result()
         return ArtifactRef(url=ref["url"], hash=ref["hash"], kind=ref["kind"])
+
+
+def wait_for(handle: PrefectFuture) -> None:
+    """Wait until the task behind `handle` has finished, in slices of WAIT_SLICE_S.
+
+    Why not one blocking wait: Python runs a signal's handler in the main thread, between bytecodes. When
+    the kernel delivers SIGTERM to one of the task threads, the main thread blocked in a plain
+    `result()` is not interrupted and runs the handler only when the task ends: the stop request
+    (training/stopping.py) then reaches the training loops after they have finished (seen as a run that
+    went on for minutes after `docker stop`). Waking every slice runs a pending handler within a slice."""
+    wrapped = getattr(handle, "wrapped_future", None)  # thread-pool and Dask futures both wrap one
+    if wrapped is None:
+        handle.wait()
+        return
+    while not wrapped.done():
+        handle.wait(timeout=WAIT_SLICE_S)
 
 
 STAGE_TASKS = {name: _stage_task(_as_dict(stage.run), stage.plan, "labels (Beam)" if name == "labels" else name)

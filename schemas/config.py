@@ -251,6 +251,14 @@ class DistillConfig(StrictModel):
     readout_weight: float = Field(1.0, ge=0, description="weight of readout cross-entropy on stored memories")
 
 
+class KeepBestConfig(StrictModel):
+    """Model selection for DMT: a fixed batch of unseen sequences, read from the RNN's own memory."""
+
+    eval_every: int = Field(100, ge=1, description="steps between held-out checks")
+    sequences: int = Field(128, ge=1, description="held-out sequences per check (a fixed batch)")
+    seq_len: int | None = Field(None, ge=1, description="tokens per held-out sequence; null: dmt.rollout_len")
+
+
 class DMTConfig(StrictModel):
     """DAgger Memory Training fine-tune (docs/method.md section 6, published defaults)."""
 
@@ -262,6 +270,13 @@ class DMTConfig(StrictModel):
     readout_weight: float = Field(1.0, ge=0, description="weight of readout CE on own memories")
     dec_weight: float = Field(1.0, ge=0, description="weight of frozen-decoder L_dec on own memories")
     unif_weight: float = Field(0.01, ge=0, description="weight of L_unif on own memories")
+    keep_best: KeepBestConfig | None = Field(
+        None, description="publish the weights with the lowest held-out loss from the RNN's own memory, checked "
+        "every `eval_every` steps (and before the first) on train-split documents that have no window in the "
+        "label store, so neither the student nor the selection has seen them; null: the last step's weights",
+    )
+
+    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"keep_best"})
 
 
 class PlateauConfig(StrictModel):
@@ -270,7 +285,18 @@ class PlateauConfig(StrictModel):
     max_steps: int = Field(5000, ge=1, description="cap on optimiser steps (also sizes the LR schedule)")
     eval_every: int = Field(50, ge=1, description="steps between held-out checks")
     patience: int = Field(4, ge=1, description="checks without improvement before stopping")
-    sequences: int = Field(128, ge=1, description="held-out test-split sequences per check (a fixed batch)")
+    sequences: int = Field(128, ge=1, description="held-out sequences per check (a fixed batch)")
+    held_out: Literal["validation", "test"] = Field(
+        "validation",
+        description="where the checks' sequences come from. validation: a seeded `validation_fraction` of the "
+        "train split's documents, which the baseline then does not train on, so the test split stays unseen "
+        "until the evaluation; test: the test split, as before this option (it selects the weights on the "
+        "split the evaluation scores, which flatters BPTT)",
+    )
+    validation_fraction: float = Field(
+        0.05, gt=0, lt=1, description="held_out='validation': share of the train split's documents set aside "
+        "(at least one), drawn with the baseline's seed",
+    )
 
 
 class BPTTConfig(StrictModel):

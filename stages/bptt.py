@@ -2,6 +2,8 @@
 
 Trained on the same tokens artifact (train split) the teacher was trained on, with crops of
 `seq_len` tokens (documents no longer than that are taken whole from their start, right-padded).
+Trained to a plateau (budget 'plateau'), it stops on the loss of validation documents set aside from the
+train split and not trained on (`plateau.held_out`), so the test split stays unseen until the evaluation.
 Budget (BPTTConfig.budget): by default the training FLOPs of the variant's SMT+DMT student, counted
 from the shapes (`training/flops.py`), so the baseline gets the same work whatever the machine's load;
 or `run.steps`; or a wall-clock (`run.max_seconds`, or the SMT stage's seconds), which is not reproducible.
@@ -33,7 +35,7 @@ from store.artifacts import (
     require_parent,
 )
 from store.checkpoints import Checkpoints
-from store.crops import DocumentCrops
+from store.crops import DocumentCrops, split_off_validation
 from store.locks import one_writer
 from store.plans import plan_bptt
 from store.rnn import publish_rnn
@@ -110,7 +112,7 @@ def bptt_stage(
     require_parent(teacher_manifest, "tokens", tokens_ref.hash, f"teacher {teacher_url}")
     model_cfg = teacher_config(teacher_manifest).model
     steps, max_seconds = bptt_budget(cfg, variant, model_cfg, smt_seconds, smt_flops)
-    train = DocumentCrops(TokensArtifact.open(tokens_url), SPLIT_TRAIN)
+    train = training_documents(TokensArtifact.open(tokens_url), cfg)
     device = resolve_device(cfg.run.device)
     ctx = init_distributed(device)
     device = rank_device(device, ctx)
@@ -159,21 +161,49 @@ def bptt_stage(
             "step_seconds": result.seconds / max(result.step, 1),
             "world_size": ctx.world_size,
             "device": str(device),
-            **({"held_out_loss": early_stop.best, "best_step": early_stop.best_step} if early_stop else {}),
+            **({"held_out_loss": early_stop.best, "best_step": early_stop.best_step,
+                "held_out": _plateau(cfg).held_out, "train_documents": train.num_docs} if early_stop else {}),
         }
         publish_rnn(ref, rnn, model_cfg, result, stats)
     ctx.barrier()
     return ref
 
 
-def held_out_early_stop(rnn: torch.nn.Module, tokens_url: str, cfg: BPTTConfig, device: torch.device) -> EarlyStop:
-    """Early stopping on a fixed batch of test-split sequences (the BPTT loss, no gradient)."""
-    plateau = cfg.plateau or PlateauConfig()
-    tokens = TokensArtifact.open(tokens_url)
+def training_documents(tokens: TokensArtifact, cfg: BPTTConfig) -> DocumentCrops:
+    """The train split, less the validation documents when the plateau selects its weights on them."""
+    if cfg.budget == "plateau" and _plateau(cfg).held_out == "validation":
+        return DocumentCrops(tokens, SPLIT_TRAIN, _validation_split(tokens, cfg)[0])
+    return DocumentCrops(tokens, SPLIT_TRAIN)
+
+
+def held_out_documents(tokens: TokensArtifact, cfg: BPTTConfig) -> DocumentCrops:
+    """What the plateau's checks read (`plateau.held_out`): the validation documents set aside from the
+    train split, or the test split."""
+    if _plateau(cfg).held_out == "validation":
+        return DocumentCrops(tokens, SPLIT_TRAIN, _validation_split(tokens, cfg)[1])
     if tokens.doc_ids(SPLIT_TEST).size == 0:
-        raise ArtifactError(f"bptt.budget='plateau' needs held-out documents, and {tokens_url} has no test split")
-    test = DocumentCrops(tokens, SPLIT_TEST)
-    x, y = test.windows(np.random.default_rng(rank_seed(cfg.run.seed, 0, "bptt-held-out")), plateau.sequences,
-                        cfg.seq_len)
+        raise ArtifactError("bptt.plateau.held_out='test' needs a test split, and the tokens artifact has none")
+    return DocumentCrops(tokens, SPLIT_TEST)
+
+
+def held_out_early_stop(rnn: torch.nn.Module, tokens_url: str, cfg: BPTTConfig, device: torch.device) -> EarlyStop:
+    """Early stopping on a fixed batch of held-out sequences (the BPTT loss, no gradient)."""
+    plateau = _plateau(cfg)
+    held_out = held_out_documents(TokensArtifact.open(tokens_url), cfg)
+    x, y = held_out.windows(np.random.default_rng(rank_seed(cfg.run.seed, 0, "bptt-held-out")), plateau.sequences,
+                            cfg.seq_len)
     x_t, y_t = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
     return EarlyStop(lambda: bptt_step_loss(rnn, x_t, y_t)["loss"], plateau.eval_every, plateau.patience)
+
+
+def _plateau(cfg: BPTTConfig) -> PlateauConfig:
+    return cfg.plateau or PlateauConfig()
+
+
+def _validation_split(tokens: TokensArtifact, cfg: BPTTConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(training ids, validation ids): the same on every rank and on a resumed run (seeded by run.seed)."""
+    try:
+        return split_off_validation(tokens, _plateau(cfg).validation_fraction,
+                                    rank_seed(cfg.run.seed, 0, "bptt-validation"))
+    except ValueError as err:
+        raise ArtifactError(f"bptt.plateau.held_out='validation': {err} (or set held_out: test)") from err

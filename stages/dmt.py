@@ -5,12 +5,17 @@ store, so DMT never runs the encoder either. The teacher is loaded only for its 
 scores the RNN's own memories when `dec_weight > 0` (L_dec through a decoder that is not trained).
 The published defaults live in DMTConfig: Td=256, k=16, weights dyn 10 / readout 1 / dec 1 / unif 0.01,
 AdamW lr 3e-5 cosine, batch 32, 1,500 steps.
+
+DMT publishes its last weights, or with `keep_best` those with the lowest loss read from the RNN's own
+memory on a fixed batch of train-split documents that have no window in the label store: documents the
+student never trained on (only the teacher saw them), so the test split stays for the evaluation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 
 from models.build import reseed_global
@@ -18,18 +23,21 @@ from models.compiled import compile_blocks, compiled_update
 from schemas.config import DMTConfig
 from schemas.layout import SPLIT_TRAIN
 from stages.distill import open_store_for, reader_device
-from store.artifacts import CHECKPOINT_DIR, ArtifactError, ArtifactRef, is_complete, require_parent
+from store.artifacts import CHECKPOINT_DIR, ArtifactError, ArtifactRef, artifact_url, is_complete, require_parent
 from store.checkpoints import Checkpoints
-from store.labels import Trajectories
+from store.crops import DocumentCrops, unseen_train_documents
+from store.labels import LabelStore, Trajectories
 from store.locks import one_writer
 from store.plans import plan_dmt
 from store.rnn import load_rnn, publish_rnn
 from store.teacher import load_teacher, teacher_config
+from store.tokens import TokensArtifact
 from training.distributed import init_distributed, rank_device, rank_seed
-from training.flops import dmt_step_flops
+from training.early_stop import EarlyStop
+from training.flops import dmt_selection_flops, dmt_step_flops
 from training.loop import TrainLoop, resolve_device
 from training.prefetch import Prefetcher
-from training.steps import dmt_step_loss
+from training.steps import bptt_step_loss, dmt_step_loss
 
 
 @one_writer(plan_dmt)
@@ -85,6 +93,10 @@ def dmt_stage(rnn_url: str, labels_url: str, teacher_url: str, cfg: DMTConfig, r
 
         return Prefetcher(source, pin_memory=False)  # CUDA batches are already there (and cannot be pinned)
 
+    keep_best = None
+    if cfg.keep_best is not None:
+        keep_best = held_out_selection(rnn, store, cfg, device)
+        keep_best.check(0, {"rnn": rnn})  # the distilled weights compete too (a resumed run restores its own)
     loop = TrainLoop(
         {"rnn": rnn},
         loss_fn,
@@ -96,17 +108,43 @@ def dmt_stage(rnn_url: str, labels_url: str, teacher_url: str, cfg: DMTConfig, r
         items_per_step=cfg.run.batch_size * cfg.rollout_len,
         generators={"loss": generator},
         name=f"dmt {rnn.cfg.label}",
+        early_stop=keep_best,
     )
     result = loop.run()
     if ctx.is_main:
         stats = {
             "step_seconds": result.seconds / max(result.step, 1),
-            "train_flops": result.step * dmt_step_flops(rnn.cfg, model_cfg, cfg) * ctx.world_size,
+            "train_flops": (result.step * dmt_step_flops(rnn.cfg, model_cfg, cfg)
+                            + dmt_selection_flops(rnn.cfg, model_cfg, cfg, result.step)) * ctx.world_size,
             "rollout_steps_per_s": result.step * cfg.run.batch_size * cfg.rollout_len / max(result.seconds, 1e-9),
             "world_size": ctx.world_size,
             "device": str(device),
             "init_stats": {k: init_manifest.stats.get(k) for k in ("final_dyn", "final_readout", "seconds")},
+            **({"held_out_loss": keep_best.best, "best_step": keep_best.best_step} if keep_best else {}),
         }
         publish_rnn(ref, rnn, model_cfg, result, stats)
     ctx.barrier()
     return ref
+
+
+def held_out_selection(rnn: torch.nn.Module, store: LabelStore, cfg: DMTConfig, device: torch.device) -> EarlyStop:
+    """`keep_best`'s checks: the readout loss from the RNN's own memory (as the evaluation reads it, from the
+    initial memory) on a fixed batch of train documents the label store has no window of. Never stops early."""
+    assert cfg.keep_best is not None
+    tokens_url = artifact_url(store.url.rstrip("/").rsplit("/", 1)[0], "tokens", store.tokens_hash)
+    try:
+        tokens = TokensArtifact.open(tokens_url)
+    except ArtifactError as err:
+        raise ArtifactError(f"dmt.keep_best reads the label store's tokens artifact: {err}") from err
+    if tokens.ref.hash != store.tokens_hash:
+        raise ArtifactError(f"{tokens_url} is not the tokens artifact the label store {store.url} was made from")
+    unseen = unseen_train_documents(tokens, store.index.column("doc_id").to_numpy())
+    if unseen.size == 0:
+        raise ArtifactError("dmt.keep_best needs train documents without a window in the label store, and every "
+                            "one has some: materialise fewer windows or add documents")
+    crops = DocumentCrops(tokens, SPLIT_TRAIN, unseen)
+    seq_len = cfg.keep_best.seq_len or cfg.rollout_len
+    x, y = crops.windows(np.random.default_rng(rank_seed(cfg.run.seed, 0, "dmt-held-out")), cfg.keep_best.sequences,
+                         seq_len)
+    x_t, y_t = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+    return EarlyStop(lambda: bptt_step_loss(rnn, x_t, y_t)["loss"], cfg.keep_best.eval_every, patience=None)

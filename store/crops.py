@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from store.tokens import TokensArtifact
+from schemas.layout import SPLIT_TRAIN
+from store.tokens import TokensArtifact, split_documents
 
 
 class DocumentCrops:
-    """The documents of one split as flat arrays plus their offsets and lengths."""
+    """The documents of one split (or the subset `ids` of it) as flat arrays plus their offsets and lengths."""
 
-    def __init__(self, tokens: TokensArtifact, split: str) -> None:
-        ids = tokens.doc_ids(split)
+    def __init__(self, tokens: TokensArtifact, split: str, ids: np.ndarray | None = None) -> None:
+        if ids is None:
+            ids = tokens.doc_ids(split)
+        elif not np.isin(ids, tokens.doc_ids(split)).all():
+            raise ValueError(f"some of the documents asked for are not in the '{split}' split")
         if ids.size == 0:
             raise ValueError(f"the tokens artifact has no '{split}' documents")
         self.split = split
@@ -113,3 +117,20 @@ class DocumentCrops:
         """The first `length` tokens of the first `count` documents (deterministic; evaluation)."""
         docs = np.arange(min(count, self.num_docs))
         return self._gather(docs, np.zeros_like(docs), length)
+
+
+def split_off_validation(tokens: TokensArtifact, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training ids, validation ids) of the train split's documents: a seeded `fraction` of them (at least
+    one) set aside to select weights on, so that no choice a stage makes looks at the test split."""
+    ids = tokens.doc_ids(SPLIT_TRAIN)
+    if ids.size < 2:
+        raise ValueError(f"a validation set needs at least 2 train documents; this artifact has {ids.size}")
+    is_validation = split_documents(ids.size, fraction, seed)
+    return ids[~is_validation], ids[is_validation]
+
+
+def unseen_train_documents(tokens: TokensArtifact, seen: np.ndarray) -> np.ndarray:
+    """Ids of the train split's documents not in `seen` (e.g. those with a window in a label store): held-out
+    data for a student that learned from that store, which leaves the test split to the evaluation."""
+    ids = tokens.doc_ids(SPLIT_TRAIN)
+    return ids[~np.isin(ids, seen)]

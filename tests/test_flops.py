@@ -8,7 +8,7 @@ from _fixtures_labels import TINY_MODEL
 from _fixtures_training import BPTT_CFG, DISTILL_CFG, DMT_CFG, GRU, TRANSFORMER
 
 from models.teacher import Decoder
-from schemas.config import PipelineConfig
+from schemas.config import KeepBestConfig, PipelineConfig
 from stages.bptt import bptt_budget, budget_inputs
 from training import flops
 from training.steps import bptt_step_loss, dmt_step_loss
@@ -36,6 +36,23 @@ def test_dmt_count_is_the_step_by_step_count(variant) -> None:
         x = torch.zeros(b, td + TINY_MODEL.future_len, dtype=torch.long)
     whole = flops.count_flops(lambda: dmt_step_loss(rnn, memories, x, x, DMT_CFG, decoder)["loss"])
     assert flops.dmt_step_flops(variant, TINY_MODEL, DMT_CFG) == whole > 0
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.kind)
+def test_keep_best_checks_are_counted_as_the_students_work(variant) -> None:
+    """DMT's held-out checks (one before the first step, one every eval_every) are forward passes over the
+    whole batch of held-out sequences, and they enter the budget BPTT is matched to."""
+    keep = DMT_CFG.model_copy(update={"keep_best": KeepBestConfig(eval_every=2, sequences=6, seq_len=5)})
+    rnn = flops._rnn(variant, TINY_MODEL)
+    with flops.META:
+        x = torch.zeros(6, 5, dtype=torch.long)
+    with torch.no_grad():
+        one_check = flops.count_flops(lambda: bptt_step_loss(rnn, x, x)["loss"], backward=False)
+    assert flops.dmt_selection_flops(variant, TINY_MODEL, keep, 4) == 3 * one_check > 0
+    assert flops.dmt_selection_flops(variant, TINY_MODEL, DMT_CFG, 4) == 0
+    plain = flops.student_training_flops(variant, TINY_MODEL, DISTILL_CFG, DMT_CFG)
+    assert flops.student_training_flops(variant, TINY_MODEL, DISTILL_CFG, keep) == plain + (
+        1 + keep.run.steps // 2) * one_check
 
 
 def test_counts_follow_the_shapes() -> None:

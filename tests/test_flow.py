@@ -15,14 +15,6 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def prefect_api():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def _small_demo(root: Path, variants: list[dict]) -> dict:
     """The demo config, with fewer steps so the test stays short on 2 cores."""
     cfg = load_config(ROOT / "configs" / "demo.yaml").model_dump(mode="json")

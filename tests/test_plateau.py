@@ -1,5 +1,6 @@
-"""The BPTT baseline trained to a plateau: early stopping on a fixed held-out batch keeps the best weights,
-and its state survives a checkpoint."""
+"""Model selection on held-out loss, never on the test split: the BPTT baseline trained to a plateau keeps
+its best weights, checked on validation documents it does not train on; DMT's `keep_best` keeps its best
+weights, checked on train documents the label store has no window of; the state survives a checkpoint."""
 
 from __future__ import annotations
 
@@ -9,12 +10,18 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
-from _fixtures_training import BPTT_CFG, GRU, build_chain
+from _fixtures_training import BPTT_CFG, DISTILL_CFG, DMT_CFG, GRU, build_chain
 
-from schemas.config import PlateauConfig
-from stages.bptt import bptt_stage, held_out_early_stop
+from schemas.config import KeepBestConfig, PlateauConfig
+from schemas.layout import SPLIT_TEST, SPLIT_TRAIN
+from stages.bptt import bptt_stage, held_out_documents, held_out_early_stop, training_documents
+from stages.distill import distill_stage
+from stages.dmt import dmt_stage, held_out_selection
 from store.checkpoints import decode, encode
+from store.crops import split_off_validation, unseen_train_documents
+from store.labels import LabelStore
 from store.rnn import load_rnn
+from store.tokens import TokensArtifact
 from training.early_stop import EarlyStop
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -43,6 +50,61 @@ def test_plateau_baseline_keeps_its_best_held_out_weights(tmp_path: Path) -> Non
     assert again.check(0, {"rnn": rnn}) == stats["held_out_loss"]
     matched = bptt_stage(chain.tokens.url, GRU, chain.teacher.url, BPTT_CFG, chain.root)
     assert matched.url != ref.url  # two artifacts: the matched baseline and the plateau one
+    assert stats["held_out"] == "validation"
+    on_test = PLATEAU.model_copy(update={"plateau": PLATEAU.plateau.model_copy(update={"held_out": "test"})})
+    assert bptt_stage(chain.tokens.url, GRU, chain.teacher.url, on_test, chain.root).url != ref.url
+
+
+def test_the_plateau_selects_on_validation_documents_it_never_trains_on(tmp_path: Path) -> None:
+    tokens = TokensArtifact.open(build_chain(str(tmp_path)).tokens.url)
+    train_ids = tokens.doc_ids(SPLIT_TRAIN)
+    kept, validation = split_off_validation(tokens, 0.25, seed=7)
+    assert validation.size == round(0.25 * train_ids.size) > 0
+    assert sorted([*kept, *validation]) == sorted(train_ids)  # a partition of the train split
+    assert all((a == b).all() for a, b in zip(split_off_validation(tokens, 0.25, seed=7), (kept, validation),
+                                                strict=True))  # seeded
+
+    def offsets(crops) -> set[int]:  # a document's first position in the artifact names it
+        return set(crops.offsets.tolist())
+
+    test = set(tokens.index.column("offset").to_numpy()[tokens.doc_ids(SPLIT_TEST)].tolist())
+    trained_on, selected_on = offsets(training_documents(tokens, PLATEAU)), offsets(held_out_documents(tokens, PLATEAU))
+    assert selected_on and not selected_on & trained_on and not selected_on & test
+    assert len(trained_on | selected_on) == train_ids.size
+    matched = offsets(training_documents(tokens, BPTT_CFG))  # no selection: the whole train split
+    assert len(matched) == train_ids.size
+    on_test = PLATEAU.model_copy(update={"plateau": PLATEAU.plateau.model_copy(update={"held_out": "test"})})
+    assert offsets(held_out_documents(tokens, on_test)) == test
+    assert offsets(training_documents(tokens, on_test)) == matched
+
+
+def test_dmt_keeps_its_best_weights_on_documents_the_student_never_saw(tmp_path: Path) -> None:
+    chain = build_chain(str(tmp_path))
+    smt = distill_stage(chain.labels.url, chain.teacher.url, GRU, DISTILL_CFG, chain.root)
+    cfg = DMT_CFG.model_copy(update={"run": DMT_CFG.run.model_copy(update={"steps": 8}),
+                                     "keep_best": KeepBestConfig(eval_every=2, sequences=8)})
+    ref = dmt_stage(smt.url, chain.labels.url, chain.teacher.url, cfg, chain.root)
+    stats = json.loads(Path(ref.url, "manifest.json").read_text())["stats"]
+    checks = [r for r in pq.read_table(Path(ref.url) / "metrics.parquet").to_pylist() if r.get("held_out_loss")]
+    assert [r["step"] for r in checks] == [2, 4, 6, 8] and stats["steps"] == 8  # no early stop: every step runs
+    rnn, _ = load_rnn(ref.url)
+    store = LabelStore.open(chain.labels.url)
+    again = held_out_selection(rnn, store, cfg, torch.device("cpu"))
+    assert again.check(0, {"rnn": rnn}) == stats["held_out_loss"]  # the published weights are the best check's
+    if stats["best_step"] > 0:
+        assert stats["held_out_loss"] == min(r["held_out_loss"] for r in checks)
+    else:  # the distilled weights were never beaten: DMT publishes them unchanged
+        init, _ = load_rnn(smt.url)
+        assert all(torch.equal(a, b) for a, b in zip(rnn.state_dict().values(), init.state_dict().values(),
+                                                        strict=True))
+    plain = dmt_stage(smt.url, chain.labels.url, chain.teacher.url, cfg.model_copy(update={"keep_best": None}),
+                      chain.root)
+    assert plain.url != ref.url
+    tokens = TokensArtifact.open(chain.tokens.url)
+    in_store = store.index.column("doc_id").to_numpy()
+    unseen = unseen_train_documents(tokens, in_store)
+    assert unseen.size and not set(unseen.tolist()) & set(in_store.tolist())
+    assert set(unseen.tolist()) <= set(tokens.doc_ids(SPLIT_TRAIN).tolist())
 
 
 def test_early_stop_state_survives_a_checkpoint() -> None:

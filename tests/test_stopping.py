@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -97,3 +98,35 @@ def test_sigterm_stops_the_flow_with_its_server_and_workers(tmp_path: Path) -> N
     _wait_for(log, "resuming at step", proc)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 143
+
+
+def test_a_signal_delivered_to_a_task_thread_reaches_the_tasks_while_the_flow_waits(prefect_api) -> None:
+    """The kernel may deliver a process's SIGTERM to any of its threads, and Python runs the handler in
+    the main thread only: the flow's wait on a task must wake up to run it (flows/smt_pipeline.py
+    `wait_for`), not sleep until the task ends. The signal here is sent to the task's own thread."""
+    from prefect import flow, task
+
+    from flows.smt_pipeline import WAIT_SLICE_S, wait_for
+    from training.stopping import clear_stop, request_stop, stop_requested
+
+    @task
+    def train_until_stopped() -> float:
+        signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)  # lands on this thread, not the main one
+        start = time.monotonic()
+        while not stop_requested() and time.monotonic() - start < 30:
+            time.sleep(0.01)
+        return time.monotonic() - start
+
+    @flow
+    def one_task() -> float:
+        handle = train_until_stopped.submit()
+        wait_for(handle)
+        return handle.result()
+
+    previous = signal.signal(signal.SIGUSR1, lambda *_: request_stop())
+    try:
+        took = one_task()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+        clear_stop()
+    assert took < 20 * WAIT_SLICE_S  # a plain handle.result() here takes the whole 30 s

@@ -1,4 +1,5 @@
-"""Early stopping on a held-out loss: train until it has not improved for `patience` checks, keep the best.
+"""Early stopping on a held-out loss: train until it has not improved for `patience` checks, keep the best
+(with patience None: train to the end, keep the best: DMT's `keep_best`).
 
 For the BPTT baseline trained to a plateau (docs/comparison.md): the matched baseline shows what BPTT
 does with the student's compute, this one the best BPTT does at all. The held-out batch is fixed, so
@@ -18,7 +19,7 @@ from torch import nn
 class EarlyStop:
     """validate() -> held-out loss of the current weights; called every `every` steps."""
 
-    def __init__(self, validate: Callable[[], float], every: int, patience: int) -> None:
+    def __init__(self, validate: Callable[[], float], every: int, patience: int | None) -> None:
         self.validate, self.every, self.patience = validate, every, patience
         self.best, self.best_step, self.bad = float("inf"), 0, 0
         self.best_state: dict[str, dict[str, torch.Tensor]] = {}
@@ -44,7 +45,7 @@ class EarlyStop:
 
     @property
     def exhausted(self) -> bool:
-        return self.bad >= self.patience
+        return self.patience is not None and self.bad >= self.patience
 
     def restore_best(self, modules: dict[str, nn.Module]) -> None:
         """Put the best weights back (nothing to do before the first check)."""

@@ -83,15 +83,30 @@ def bptt_step_flops(variant: RNNConfig, model: TeacherModelConfig, cfg: BPTTConf
 def student_training_flops(
     variant: RNNConfig, model: TeacherModelConfig, distill: DistillConfig, dmt: DMTConfig
 ) -> int:
-    """What an SMT+DMT student of `variant` costs to train: every distill step plus every DMT step.
+    """What an SMT+DMT student of `variant` costs to train: every distill step plus every DMT step (and
+    DMT's held-out checks when it keeps its best weights).
 
     The teacher and the label job are not in it: they are shared by every variant trained from one store
     (the comparison protocol counts them separately). From the configured step counts, so a fixed config
     always gives the same figure.
     """
-    return distill.run.steps * distill_step_flops(variant, model, distill) + dmt.run.steps * dmt_step_flops(
-        variant, model, dmt
-    )
+    return (distill.run.steps * distill_step_flops(variant, model, distill)
+            + dmt.run.steps * dmt_step_flops(variant, model, dmt)
+            + dmt_selection_flops(variant, model, dmt, dmt.run.steps))
+
+
+def dmt_selection_flops(variant: RNNConfig, model: TeacherModelConfig, cfg: DMTConfig, steps: int) -> int:
+    """`dmt.keep_best`'s held-out checks over `steps` DMT steps (one before the first step, then one every
+    `eval_every`): forward passes from the initial memory, counted as the student's work (0 without it)."""
+    if cfg.keep_best is None:
+        return 0
+    rnn = _rnn(variant, model)
+    with META:
+        x = torch.zeros(cfg.keep_best.sequences, 1, dtype=torch.long)
+    with torch.no_grad():
+        check = (cfg.keep_best.seq_len or cfg.rollout_len) * count_flops(
+            lambda: bptt_step_loss(rnn, x, x)["loss"], backward=False)
+    return (1 + steps // cfg.keep_best.eval_every) * check
 
 
 COUNT_BATCH = 2  # the teacher is counted on the CPU (its padding trim reads data), at a small batch
