@@ -42,7 +42,7 @@ from store.rnn import publish_rnn
 from store.teacher import load_teacher, teacher_config
 from store.tokens import TokensArtifact
 from training.distributed import init_distributed, rank_device, rank_seed
-from training.early_stop import EarlyStop
+from training.early_stop import EarlyStop, own_memory_stop
 from training.flops import bptt_step_flops, student_training_flops
 from training.loop import TrainLoop, resolve_device
 from training.prefetch import Prefetcher
@@ -112,7 +112,8 @@ def bptt_stage(
     require_parent(teacher_manifest, "tokens", tokens_ref.hash, f"teacher {teacher_url}")
     model_cfg = teacher_config(teacher_manifest).model
     steps, max_seconds = bptt_budget(cfg, variant, model_cfg, smt_seconds, smt_flops)
-    train = training_documents(TokensArtifact.open(tokens_url), cfg)
+    tokens = TokensArtifact.open(tokens_url)
+    train = training_documents(tokens, cfg)
     device = resolve_device(cfg.run.device)
     ctx = init_distributed(device)
     device = rank_device(device, ctx)
@@ -134,7 +135,7 @@ def bptt_stage(
         return Prefetcher(source, pin_memory=device.type == "cuda")
 
     run = cfg.run.model_copy(update={"steps": steps})
-    early_stop = held_out_early_stop(rnn, tokens_url, cfg, device) if cfg.budget == "plateau" else None
+    early_stop = held_out_early_stop(rnn, tokens, cfg, device) if cfg.budget == "plateau" else None
     loop = TrainLoop(
         {"rnn": rnn},
         loss_fn,
@@ -186,14 +187,12 @@ def held_out_documents(tokens: TokensArtifact, cfg: BPTTConfig) -> DocumentCrops
     return DocumentCrops(tokens, SPLIT_TEST)
 
 
-def held_out_early_stop(rnn: torch.nn.Module, tokens_url: str, cfg: BPTTConfig, device: torch.device) -> EarlyStop:
+def held_out_early_stop(rnn: torch.nn.Module, tokens: TokensArtifact, cfg: BPTTConfig,
+                        device: torch.device) -> EarlyStop:
     """Early stopping on a fixed batch of held-out sequences (the BPTT loss, no gradient)."""
     plateau = _plateau(cfg)
-    held_out = held_out_documents(TokensArtifact.open(tokens_url), cfg)
-    x, y = held_out.windows(np.random.default_rng(rank_seed(cfg.run.seed, 0, "bptt-held-out")), plateau.sequences,
-                            cfg.seq_len)
-    x_t, y_t = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-    return EarlyStop(lambda: bptt_step_loss(rnn, x_t, y_t)["loss"], plateau.eval_every, plateau.patience)
+    return own_memory_stop(rnn, held_out_documents(tokens, cfg), rank_seed(cfg.run.seed, 0, "bptt-held-out"),
+                           plateau.sequences, cfg.seq_len, device, plateau.eval_every, plateau.patience)
 
 
 def _plateau(cfg: BPTTConfig) -> PlateauConfig:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 
 from models.build import reseed_global
@@ -33,11 +32,11 @@ from store.rnn import load_rnn, publish_rnn
 from store.teacher import load_teacher, teacher_config
 from store.tokens import TokensArtifact
 from training.distributed import init_distributed, rank_device, rank_seed
-from training.early_stop import EarlyStop
+from training.early_stop import EarlyStop, own_memory_stop
 from training.flops import dmt_selection_flops, dmt_step_flops
 from training.loop import TrainLoop, resolve_device
 from training.prefetch import Prefetcher
-from training.steps import bptt_step_loss, dmt_step_loss
+from training.steps import dmt_step_loss
 
 
 @one_writer(plan_dmt)
@@ -142,9 +141,6 @@ def held_out_selection(rnn: torch.nn.Module, store: LabelStore, cfg: DMTConfig, 
     if unseen.size == 0:
         raise ArtifactError("dmt.keep_best needs train documents without a window in the label store, and every "
                             "one has some: materialise fewer windows or add documents")
-    crops = DocumentCrops(tokens, SPLIT_TRAIN, unseen)
-    seq_len = cfg.keep_best.seq_len or cfg.rollout_len
-    x, y = crops.windows(np.random.default_rng(rank_seed(cfg.run.seed, 0, "dmt-held-out")), cfg.keep_best.sequences,
-                         seq_len)
-    x_t, y_t = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-    return EarlyStop(lambda: bptt_step_loss(rnn, x_t, y_t)["loss"], cfg.keep_best.eval_every, patience=None)
+    return own_memory_stop(rnn, DocumentCrops(tokens, SPLIT_TRAIN, unseen), rank_seed(cfg.run.seed, 0, "dmt-held-out"),
+                           cfg.keep_best.sequences, cfg.keep_best.seq_len or cfg.rollout_len, device,
+                           cfg.keep_best.eval_every, patience=None)

@@ -46,7 +46,7 @@ def test_plateau_baseline_keeps_its_best_held_out_weights(tmp_path: Path) -> Non
         assert stats["steps"] == best["step"] + 2 * 4
     # the published weights are the best check's: scoring them again gives its loss, bit for bit
     rnn, _ = load_rnn(ref.url)
-    again = held_out_early_stop(rnn, chain.tokens.url, PLATEAU, torch.device("cpu"))
+    again = held_out_early_stop(rnn, TokensArtifact.open(chain.tokens.url), PLATEAU, torch.device("cpu"))
     assert again.check(0, {"rnn": rnn}) == stats["held_out_loss"]
     matched = bptt_stage(chain.tokens.url, GRU, chain.teacher.url, BPTT_CFG, chain.root)
     assert matched.url != ref.url  # two artifacts: the matched baseline and the plateau one

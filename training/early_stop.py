@@ -10,10 +10,16 @@ checks without improvement) travels in the checkpoint: a resumed run stops where
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
+
+from training.steps import bptt_step_loss
+
+if TYPE_CHECKING:
+    from store.crops import DocumentCrops
 
 
 class EarlyStop:
@@ -58,3 +64,14 @@ class EarlyStop:
     def load_state(self, state: dict[str, Any]) -> None:
         self.best, self.best_step, self.bad = float(state["best"]), int(state["best_step"]), int(state["bad"])
         self.best_state = state["best_state"]
+
+
+def own_memory_stop(
+    rnn: nn.Module, crops: DocumentCrops, seed: int, sequences: int, seq_len: int, device: torch.device,
+    every: int, patience: int | None,
+) -> EarlyStop:
+    """Checks on one fixed batch of `sequences` crops of `seq_len` tokens (drawn once with `seed`): the readout
+    loss from the RNN's own initial memory, as BPTT trains it and the evaluation reads it, with no gradient."""
+    x, y = crops.windows(np.random.default_rng(seed), sequences, seq_len)
+    x_t, y_t = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+    return EarlyStop(lambda: bptt_step_loss(rnn, x_t, y_t)["loss"], every, patience)

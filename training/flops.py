@@ -74,10 +74,16 @@ def dmt_step_flops(variant: RNNConfig, model: TeacherModelConfig, cfg: DMTConfig
 
 def bptt_step_flops(variant: RNNConfig, model: TeacherModelConfig, cfg: BPTTConfig) -> int:
     """One BPTT step: `batch_size` sequences unrolled over `seq_len` tokens, backpropagated through all."""
+    return _unroll_flops(variant, model, cfg.run.batch_size, cfg.seq_len, backward=True)
+
+
+def _unroll_flops(variant: RNNConfig, model: TeacherModelConfig, batch: int, length: int, backward: bool) -> int:
+    """`batch` sequences read from the initial memory over `length` tokens: one token counted, times `length`."""
     rnn = _rnn(variant, model)
     with META:
-        x = torch.zeros(cfg.run.batch_size, 1, dtype=torch.long)
-    return cfg.seq_len * count_flops(lambda: bptt_step_loss(rnn, x, x)["loss"])
+        x = torch.zeros(batch, 1, dtype=torch.long)
+    with torch.set_grad_enabled(backward):
+        return length * count_flops(lambda: bptt_step_loss(rnn, x, x)["loss"], backward=backward)
 
 
 def student_training_flops(
@@ -100,12 +106,8 @@ def dmt_selection_flops(variant: RNNConfig, model: TeacherModelConfig, cfg: DMTC
     `eval_every`): forward passes from the initial memory, counted as the student's work (0 without it)."""
     if cfg.keep_best is None:
         return 0
-    rnn = _rnn(variant, model)
-    with META:
-        x = torch.zeros(cfg.keep_best.sequences, 1, dtype=torch.long)
-    with torch.no_grad():
-        check = (cfg.keep_best.seq_len or cfg.rollout_len) * count_flops(
-            lambda: bptt_step_loss(rnn, x, x)["loss"], backward=False)
+    check = _unroll_flops(variant, model, cfg.keep_best.sequences, cfg.keep_best.seq_len or cfg.rollout_len,
+                          backward=False)
     return (1 + steps // cfg.keep_best.eval_every) * check
 
 
