@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from schemas.config import BPTTConfig, DistillConfig, DMTConfig, PipelineConfig, RNNConfig
+from schemas.config import BaselineSelectionConfig, BPTTConfig, DistillConfig, DMTConfig, PipelineConfig, RNNConfig
 from stages.bptt import bptt_stage, budget_inputs
 from stages.distill import distill_stage
 from stages.dmt import dmt_stage
@@ -89,6 +89,18 @@ def plateau_config(cfg: PipelineConfig) -> BPTTConfig:
     return cfg.bptt.model_copy(update={"budget": "plateau", "plateau": cfg.bptt_plateau, "run": run})
 
 
+def matched_config(cfg: PipelineConfig) -> BPTTConfig:
+    """The matched BPTT baseline: `bptt`, and when the student's DMT keeps its best weights (`dmt.keep_best`),
+    as many checks of its own on validation documents, so selection flatters neither side (docs/comparison.md).
+    An explicit `bptt.keep_best` is kept as given."""
+    kb = cfg.dmt.keep_best
+    if kb is None or cfg.bptt.keep_best is not None or cfg.bptt.budget == "plateau":
+        return cfg.bptt
+    selection = BaselineSelectionConfig(checks=max(1, cfg.dmt.run.steps // kb.eval_every), sequences=kb.sequences,
+                                        seq_len=kb.seq_len or cfg.dmt.rollout_len)
+    return cfg.bptt.model_copy(update={"keep_best": selection})
+
+
 def run_graph(
     cfg: PipelineConfig,
     executor: Executor,
@@ -141,7 +153,7 @@ def run_graph(
         if "bptt" in wanted:
             students.append(("bptt", v, submit(
                 "bptt", v, tokens_url=tokens.url, variant=v, teacher_url=teacher.url,
-                cfg=seeded_for(cfg.bptt, v), **budget_inputs(cfg, v, smt.url))))
+                cfg=seeded_for(matched_config(cfg), v), **budget_inputs(cfg, v, smt.url))))
             if cfg.bptt_plateau is not None:
                 students.append(("bptt_plateau", v, submit(
                     "bptt_plateau", v, tokens_url=tokens.url, variant=v, teacher_url=teacher.url,

@@ -299,6 +299,24 @@ class PlateauConfig(StrictModel):
     )
 
 
+class BaselineSelectionConfig(StrictModel):
+    """Model selection for a BPTT baseline whose student selects (`dmt.keep_best`): as many checks as the
+    student's, on validation documents set aside from the train split, so selection favours neither side."""
+
+    checks: int = Field(ge=1, description="held-out checks after the first step, spread evenly over the run "
+                        "(one more before the first step, as DMT's)")
+    sequences: int = Field(ge=1, description="held-out sequences per check (a fixed batch)")
+    seq_len: int = Field(ge=1, description="tokens per held-out sequence")
+    validation_fraction: float = Field(
+        0.05, gt=0, lt=1, description="share of the train split's documents set aside for the checks (at least "
+        "one), drawn with the baseline's seed; the baseline does not train on them",
+    )
+
+    def every(self, steps: int) -> int:
+        """Steps between checks in a run of `steps` steps."""
+        return max(1, steps // self.checks)
+
+
 class BPTTConfig(StrictModel):
     """Baseline: the same RNN unrolled from its initial memory with full backpropagation."""
 
@@ -313,8 +331,19 @@ class BPTTConfig(StrictModel):
         "wall-clock (both seconds budgets follow the machine's load: not reproducible)",
     )
     plateau: PlateauConfig | None = Field(None, description="early stopping for budget='plateau'")
+    keep_best: BaselineSelectionConfig | None = Field(
+        None, description="publish the weights with the lowest held-out loss of `checks` checks (not with "
+        "budget='plateau', which selects by its own); the flow sets it from dmt.keep_best when left null, so the "
+        "baseline gets the selection its student gets, paid from the same budget",
+    )
 
-    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"plateau"})
+    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"plateau", "keep_best"})
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> BPTTConfig:
+        if self.keep_best is not None and self.budget == "plateau":
+            raise ValueError("bptt.keep_best and budget='plateau' both select weights: use one")
+        return self
 
 
 class EvalConfig(StrictModel):

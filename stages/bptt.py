@@ -4,6 +4,8 @@ Trained on the same tokens artifact (train split) the teacher was trained on, wi
 `seq_len` tokens (documents no longer than that are taken whole from their start, right-padded).
 Trained to a plateau (budget 'plateau'), it stops on the loss of validation documents set aside from the
 train split and not trained on (`plateau.held_out`), so the test split stays unseen until the evaluation.
+With `keep_best` (set by the flow when the student's DMT keeps its best weights) it makes as many checks on
+such validation documents as the student does and publishes the best, the checks paid from its budget.
 Budget (BPTTConfig.budget): by default the training FLOPs of the variant's SMT+DMT student, counted
 from the shapes (`training/flops.py`), so the baseline gets the same work whatever the machine's load;
 or `run.steps`; or a wall-clock (`run.max_seconds`, or the SMT stage's seconds), which is not reproducible.
@@ -43,7 +45,13 @@ from store.teacher import load_teacher, teacher_config
 from store.tokens import TokensArtifact
 from training.distributed import init_distributed, rank_device, rank_seed
 from training.early_stop import EarlyStop, own_memory_stop
-from training.flops import bptt_step_flops, student_training_flops
+from training.flops import (
+    bptt_matched_steps,
+    bptt_selection_checks,
+    bptt_selection_flops,
+    bptt_step_flops,
+    student_training_flops,
+)
 from training.loop import TrainLoop, resolve_device
 from training.prefetch import Prefetcher
 from training.steps import bptt_step_loss
@@ -72,7 +80,7 @@ def bptt_budget(
     if cfg.budget == "match_smt_flops":
         if not smt_flops:
             raise ValueError("bptt.budget='match_smt_flops' needs the SMT student's training FLOPs (smt_flops)")
-        return max(1, smt_flops // bptt_step_flops(variant, model, cfg)), None
+        return bptt_matched_steps(variant, model, cfg, smt_flops), None
     if cfg.budget in ("steps", "plateau"):  # plateau: run.steps is the cap, early stopping decides
         return cfg.run.steps, cfg.run.max_seconds
     if cfg.budget == "seconds":
@@ -135,7 +143,9 @@ def bptt_stage(
         return Prefetcher(source, pin_memory=device.type == "cuda")
 
     run = cfg.run.model_copy(update={"steps": steps})
-    early_stop = held_out_early_stop(rnn, tokens, cfg, device) if cfg.budget == "plateau" else None
+    early_stop = held_out_early_stop(rnn, tokens, cfg, device, steps) if _selects(cfg) else None
+    if cfg.keep_best is not None:
+        early_stop.check(0, {"rnn": rnn})  # as DMT's checks start before its first step (a resumed run restores)
     loop = TrainLoop(
         {"rnn": rnn},
         loss_fn,
@@ -157,13 +167,15 @@ def bptt_stage(
             "budget_seconds": max_seconds,
             "budget_flops": smt_flops,
             "step_flops": step_flops,
-            "train_flops": result.step * step_flops * ctx.world_size,
+            "train_flops": (result.step * step_flops
+                            + bptt_selection_flops(variant, model_cfg, cfg, steps)) * ctx.world_size,
             "tokens_per_s": result.step * cfg.run.batch_size * cfg.seq_len * ctx.world_size / max(result.seconds, 1e-9),
             "step_seconds": result.seconds / max(result.step, 1),
             "world_size": ctx.world_size,
             "device": str(device),
             **({"held_out_loss": early_stop.best, "best_step": early_stop.best_step,
-                "held_out": _plateau(cfg).held_out, "train_documents": train.num_docs} if early_stop else {}),
+                "held_out": _held_out(cfg), "train_documents": train.num_docs} if early_stop else {}),
+            **({"selection_checks": bptt_selection_checks(cfg, steps)} if cfg.keep_best else {}),
         }
         publish_rnn(ref, rnn, model_cfg, result, stats)
     ctx.barrier()
@@ -171,16 +183,16 @@ def bptt_stage(
 
 
 def training_documents(tokens: TokensArtifact, cfg: BPTTConfig) -> DocumentCrops:
-    """The train split, less the validation documents when the plateau selects its weights on them."""
-    if cfg.budget == "plateau" and _plateau(cfg).held_out == "validation":
+    """The train split, less the validation documents when the baseline selects its weights on them."""
+    if _held_out(cfg) == "validation":
         return DocumentCrops(tokens, SPLIT_TRAIN, _validation_split(tokens, cfg)[0])
     return DocumentCrops(tokens, SPLIT_TRAIN)
 
 
 def held_out_documents(tokens: TokensArtifact, cfg: BPTTConfig) -> DocumentCrops:
-    """What the plateau's checks read (`plateau.held_out`): the validation documents set aside from the
-    train split, or the test split."""
-    if _plateau(cfg).held_out == "validation":
+    """What the checks read: the validation documents set aside from the train split, or (for a plateau with
+    `held_out: test`) the test split."""
+    if _held_out(cfg) == "validation":
         return DocumentCrops(tokens, SPLIT_TRAIN, _validation_split(tokens, cfg)[1])
     if tokens.doc_ids(SPLIT_TEST).size == 0:
         raise ArtifactError("bptt.plateau.held_out='test' needs a test split, and the tokens artifact has none")
@@ -188,21 +200,42 @@ def held_out_documents(tokens: TokensArtifact, cfg: BPTTConfig) -> DocumentCrops
 
 
 def held_out_early_stop(rnn: torch.nn.Module, tokens: TokensArtifact, cfg: BPTTConfig,
-                        device: torch.device) -> EarlyStop:
-    """Early stopping on a fixed batch of held-out sequences (the BPTT loss, no gradient)."""
+                        device: torch.device, steps: int) -> EarlyStop:
+    """Checks on a fixed batch of held-out sequences (the BPTT loss, no gradient): the plateau stops on them,
+    `keep_best` (over a run of `steps` steps) only keeps the best."""
+    documents, seed = held_out_documents(tokens, cfg), rank_seed(cfg.run.seed, 0, "bptt-held-out")
+    if cfg.keep_best is not None:
+        kb = cfg.keep_best
+        return own_memory_stop(rnn, documents, seed, kb.sequences, kb.seq_len, device, kb.every(steps), None)
     plateau = _plateau(cfg)
-    return own_memory_stop(rnn, held_out_documents(tokens, cfg), rank_seed(cfg.run.seed, 0, "bptt-held-out"),
-                           plateau.sequences, cfg.seq_len, device, plateau.eval_every, plateau.patience)
+    return own_memory_stop(rnn, documents, seed, plateau.sequences, cfg.seq_len, device, plateau.eval_every,
+                           plateau.patience)
+
+
+def _selects(cfg: BPTTConfig) -> bool:
+    return cfg.budget == "plateau" or cfg.keep_best is not None
+
+
+def _held_out(cfg: BPTTConfig) -> str | None:
+    """Where the checks read: 'validation', 'test' (plateau only), or None when the baseline does not select."""
+    if cfg.keep_best is not None:
+        return "validation"
+    return _plateau(cfg).held_out if cfg.budget == "plateau" else None
 
 
 def _plateau(cfg: BPTTConfig) -> PlateauConfig:
     return cfg.plateau or PlateauConfig()
 
 
+def _validation_fraction(cfg: BPTTConfig) -> float:
+    return cfg.keep_best.validation_fraction if cfg.keep_best is not None else _plateau(cfg).validation_fraction
+
+
 def _validation_split(tokens: TokensArtifact, cfg: BPTTConfig) -> tuple[np.ndarray, np.ndarray]:
     """(training ids, validation ids): the same on every rank and on a resumed run (seeded by run.seed)."""
     try:
-        return split_off_validation(tokens, _plateau(cfg).validation_fraction,
-                                    rank_seed(cfg.run.seed, 0, "bptt-validation"))
+        return split_off_validation(tokens, _validation_fraction(cfg), rank_seed(cfg.run.seed, 0, "bptt-validation"))
     except ValueError as err:
+        if cfg.keep_best is not None:
+            raise ArtifactError(f"bptt.keep_best: {err}") from err
         raise ArtifactError(f"bptt.plateau.held_out='validation': {err} (or set held_out: test)") from err

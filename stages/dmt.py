@@ -119,7 +119,8 @@ def dmt_stage(rnn_url: str, labels_url: str, teacher_url: str, cfg: DMTConfig, r
             "world_size": ctx.world_size,
             "device": str(device),
             "init_stats": {k: init_manifest.stats.get(k) for k in ("final_dyn", "final_readout", "seconds")},
-            **({"held_out_loss": keep_best.best, "best_step": keep_best.best_step} if keep_best else {}),
+            **({"held_out_loss": keep_best.best, "best_step": keep_best.best_step, "held_out": "unseen_train"}
+               if keep_best else {}),
         }
         publish_rnn(ref, rnn, model_cfg, result, stats)
     ctx.barrier()

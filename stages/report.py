@@ -184,6 +184,36 @@ def compute_section(lineage: dict[str, dict[str, str]]) -> str:
     )
 
 
+SELECTED_ON = {"validation": "validation documents set aside from the train split",
+               "test": "the test split (flatters the baseline)",
+               "unseen_train": "train documents with no window in the label store",
+               None: "train documents with no window in the label store"}  # DMT artifacts before 2026-12-06
+
+
+def selection_rows(lineage: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
+    """One row per student that published the weights of its best held-out check instead of its last ones
+    (DMT's keep_best, the baselines' keep_best and plateau): which step won, out of how many."""
+    rows = []
+    for role, ref in lineage.items():
+        if ref.get("kind") != "rnn":
+            continue
+        stats = read_manifest(ref["url"]).stats
+        if "best_step" in stats:
+            rows.append({"rnn": role, "steps": stats.get("steps"), "best_step": stats["best_step"],
+                         "held_out_loss": stats.get("held_out_loss"),
+                         "checked_on": SELECTED_ON.get(stats.get("held_out"), stats.get("held_out"))})
+    return rows
+
+
+def selection_section(lineage: dict[str, dict[str, str]]) -> str:
+    rows = selection_rows(lineage)
+    if not rows:
+        return ""
+    return ("## Model selection\n\nThese students publish the weights of their best held-out check (loss in nats "
+            "per scored token, read from the RNN's own initial memory), not their last ones; none was checked on "
+            "what the evaluation scores unless it says so.\n\n" + markdown_table(rows))
+
+
 def listing(url: str, suffix: str) -> list[str]:
     """Names of the files directly under `url` ending in `suffix`, sorted."""
     fs, path = url_to_fs(url)
@@ -210,6 +240,7 @@ def build_markdown(evaluation_url: str, lineage: dict[str, dict[str, str]], name
     parts.append("Bits are per scored token; `-` marks a span of positions where the task scores nothing.\n")
     parts.append(seeds_section(summary_rows(evaluation_url)))
     parts.append(compute_section(lineage))
+    parts.append(selection_section(lineage))
     plots = listing(evaluation_url, ".png")
     if plots:
         parts.append("## Plots\n")

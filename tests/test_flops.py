@@ -7,8 +7,9 @@ import torch
 from _fixtures_labels import TINY_MODEL
 from _fixtures_training import BPTT_CFG, DISTILL_CFG, DMT_CFG, GRU, TRANSFORMER
 
+from flows.graph import matched_config
 from models.teacher import Decoder
-from schemas.config import KeepBestConfig, PipelineConfig
+from schemas.config import BaselineSelectionConfig, KeepBestConfig, PipelineConfig
 from stages.bptt import bptt_budget, budget_inputs
 from training import flops
 from training.steps import bptt_step_loss, dmt_step_loss
@@ -79,6 +80,36 @@ def test_flops_budget_gives_bptt_the_students_work() -> None:
     per_step = flops.bptt_step_flops(GRU, TINY_MODEL, cfg.bptt)
     assert seconds is None and steps == student // per_step and steps * per_step <= student
     assert budget_inputs(cfg, GRU) == inputs  # a pure function of the config: same figure every time
+
+
+def test_a_selecting_student_gives_its_matched_baseline_as_many_checks_paid_from_the_same_budget() -> None:
+    """With dmt.keep_best the flow's matched baseline gets bptt.keep_best: as many checks after the first step
+    as the student makes, the same batch shape; its steps are the most whose FLOPs, checks included, fit."""
+    keep = KeepBestConfig(eval_every=2, sequences=6, seq_len=5)
+    dmt = DMT_CFG.model_copy(update={"keep_best": keep, "run": DMT_CFG.run.model_copy(update={"steps": 8})})
+    cfg = PipelineConfig(
+        teacher={"model": TINY_MODEL.model_dump()}, variants=[GRU.model_dump()],
+        distill=DISTILL_CFG.model_dump(), dmt=dmt.model_dump(),
+        bptt=BPTT_CFG.model_copy(update={"budget": "match_smt_flops"}).model_dump(),
+    )
+    matched = matched_config(cfg)
+    assert matched.keep_best == BaselineSelectionConfig(checks=4, sequences=6, seq_len=5)
+    assert matched_config(cfg.model_copy(update={"dmt": DMT_CFG})) == cfg.bptt  # no selection: as configured
+    budget = budget_inputs(cfg, GRU)["smt_flops"]
+    steps, _ = bptt_budget(matched, GRU, TINY_MODEL, smt_flops=budget)
+    step = flops.bptt_step_flops(GRU, TINY_MODEL, matched)
+    rnn = flops._rnn(GRU, TINY_MODEL)
+    with flops.META:
+        x = torch.zeros(6, 5, dtype=torch.long)
+    with torch.no_grad():
+        one_check = flops.count_flops(lambda: bptt_step_loss(rnn, x, x)["loss"], backward=False)
+
+    def cost(n: int) -> int:
+        return n * step + (1 + n // max(1, n // 4)) * one_check
+
+    assert flops.bptt_selection_flops(GRU, TINY_MODEL, matched, steps) == cost(steps) - steps * step
+    assert cost(steps) <= budget < cost(steps + 1)
+    assert steps < bptt_budget(cfg.bptt, GRU, TINY_MODEL, smt_flops=budget)[0]  # fewer steps than unselected
 
 
 def test_other_budgets() -> None:

@@ -12,11 +12,12 @@ import pytest
 import torch
 from _fixtures_training import BPTT_CFG, DISTILL_CFG, DMT_CFG, GRU, build_chain
 
-from schemas.config import KeepBestConfig, PlateauConfig
+from schemas.config import BaselineSelectionConfig, KeepBestConfig, PlateauConfig
 from schemas.layout import SPLIT_TEST, SPLIT_TRAIN
 from stages.bptt import bptt_stage, held_out_documents, held_out_early_stop, training_documents
 from stages.distill import distill_stage
 from stages.dmt import dmt_stage, held_out_selection
+from stages.report import SELECTED_ON, selection_rows
 from store.checkpoints import decode, encode
 from store.crops import split_off_validation, unseen_train_documents
 from store.labels import LabelStore
@@ -46,7 +47,7 @@ def test_plateau_baseline_keeps_its_best_held_out_weights(tmp_path: Path) -> Non
         assert stats["steps"] == best["step"] + 2 * 4
     # the published weights are the best check's: scoring them again gives its loss, bit for bit
     rnn, _ = load_rnn(ref.url)
-    again = held_out_early_stop(rnn, TokensArtifact.open(chain.tokens.url), PLATEAU, torch.device("cpu"))
+    again = held_out_early_stop(rnn, TokensArtifact.open(chain.tokens.url), PLATEAU, torch.device("cpu"), 48)
     assert again.check(0, {"rnn": rnn}) == stats["held_out_loss"]
     matched = bptt_stage(chain.tokens.url, GRU, chain.teacher.url, BPTT_CFG, chain.root)
     assert matched.url != ref.url  # two artifacts: the matched baseline and the plateau one
@@ -78,6 +79,36 @@ def test_the_plateau_selects_on_validation_documents_it_never_trains_on(tmp_path
     assert offsets(training_documents(tokens, on_test)) == matched
 
 
+def test_a_matched_baseline_whose_student_selects_keeps_its_best_validation_weights(tmp_path: Path) -> None:
+    """bptt.keep_best: checks before the first step and every `every(steps)` steps on validation documents it
+    does not train on; it publishes the best check's weights and counts the checks in its FLOPs."""
+    chain = build_chain(str(tmp_path))
+    steps = 12
+    cfg = BPTT_CFG.model_copy(update={
+        "run": BPTT_CFG.run.model_copy(update={"steps": steps}),
+        "keep_best": BaselineSelectionConfig(checks=3, sequences=8, seq_len=6, validation_fraction=0.25)})
+    ref = bptt_stage(chain.tokens.url, GRU, chain.teacher.url, cfg, chain.root)
+    stats = json.loads(Path(ref.url, "manifest.json").read_text())["stats"]
+    checks = [r for r in pq.read_table(Path(ref.url) / "metrics.parquet").to_pylist() if r.get("held_out_loss")]
+    assert [r["step"] for r in checks] == [4, 8, 12] and stats["steps"] == steps  # every step runs
+    assert stats["selection_checks"] == 4 and stats["held_out"] == "validation"
+    rnn, _ = load_rnn(ref.url)
+    tokens = TokensArtifact.open(chain.tokens.url)
+    again = held_out_early_stop(rnn, tokens, cfg, torch.device("cpu"), steps)
+    assert again.check(0, {"rnn": rnn}) == stats["held_out_loss"]  # the published weights are the best check's
+    assert stats["held_out_loss"] <= min(r["held_out_loss"] for r in checks)
+    trained_on = set(training_documents(tokens, cfg).offsets.tolist())
+    selected_on = set(held_out_documents(tokens, cfg).offsets.tolist())
+    assert selected_on and not selected_on & trained_on
+    assert stats["train_documents"] == len(trained_on) == tokens.doc_ids(SPLIT_TRAIN).size - len(selected_on)
+    assert stats["train_flops"] > steps * stats["step_flops"]  # the checks are paid for
+    row, = selection_rows({"gru/bptt": {"kind": "rnn", "url": ref.url}, "tokens": {"kind": "tokens"}})
+    assert row == {"rnn": "gru/bptt", "steps": steps, "best_step": stats["best_step"],
+                   "held_out_loss": stats["held_out_loss"], "checked_on": SELECTED_ON["validation"]}  # the report
+    assert bptt_stage(chain.tokens.url, GRU, chain.teacher.url, BPTT_CFG.model_copy(
+        update={"run": cfg.run}), chain.root).url != ref.url
+
+
 def test_dmt_keeps_its_best_weights_on_documents_the_student_never_saw(tmp_path: Path) -> None:
     chain = build_chain(str(tmp_path))
     smt = distill_stage(chain.labels.url, chain.teacher.url, GRU, DISTILL_CFG, chain.root)
@@ -87,6 +118,7 @@ def test_dmt_keeps_its_best_weights_on_documents_the_student_never_saw(tmp_path:
     stats = json.loads(Path(ref.url, "manifest.json").read_text())["stats"]
     checks = [r for r in pq.read_table(Path(ref.url) / "metrics.parquet").to_pylist() if r.get("held_out_loss")]
     assert [r["step"] for r in checks] == [2, 4, 6, 8] and stats["steps"] == 8  # no early stop: every step runs
+    assert stats["held_out"] == "unseen_train"
     rnn, _ = load_rnn(ref.url)
     store = LabelStore.open(chain.labels.url)
     again = held_out_selection(rnn, store, cfg, torch.device("cpu"))

@@ -77,6 +77,38 @@ def bptt_step_flops(variant: RNNConfig, model: TeacherModelConfig, cfg: BPTTConf
     return _unroll_flops(variant, model, cfg.run.batch_size, cfg.seq_len, backward=True)
 
 
+def bptt_matched_steps(variant: RNNConfig, model: TeacherModelConfig, cfg: BPTTConfig, budget: int) -> int:
+    """The most BPTT steps whose FLOPs fit in `budget`, with `keep_best`'s checks paid from it as the
+    student pays for its own (at least one step)."""
+    step = bptt_step_flops(variant, model, cfg)
+    check = _bptt_check_flops(variant, model, cfg)
+    steps = max(1, budget // step)
+    while steps > 1 and steps * step + bptt_selection_checks(cfg, steps) * check > budget:
+        steps -= 1
+    return steps
+
+
+def bptt_selection_flops(variant: RNNConfig, model: TeacherModelConfig, cfg: BPTTConfig, steps: int) -> int:
+    """`bptt.keep_best`'s checks over `steps` steps: forward passes from the initial memory (0 without it)."""
+    return bptt_selection_checks(cfg, steps) * _bptt_check_flops(variant, model, cfg)
+
+
+def bptt_selection_checks(cfg: BPTTConfig, steps: int) -> int:
+    """How many checks `bptt.keep_best` makes in `steps` steps: one before the first, then one every
+    `every(steps)` (0 without it)."""
+    return 0 if cfg.keep_best is None else 1 + steps // cfg.keep_best.every(steps)
+
+
+def _bptt_check_flops(variant: RNNConfig, model: TeacherModelConfig, cfg: BPTTConfig) -> int:
+    if cfg.keep_best is None:
+        return 0
+    return _check_flops(variant, model, cfg.keep_best.sequences, cfg.keep_best.seq_len)
+
+
+def _check_flops(variant: RNNConfig, model: TeacherModelConfig, sequences: int, seq_len: int) -> int:
+    return _unroll_flops(variant, model, sequences, seq_len, backward=False)
+
+
 def _unroll_flops(variant: RNNConfig, model: TeacherModelConfig, batch: int, length: int, backward: bool) -> int:
     """`batch` sequences read from the initial memory over `length` tokens: one token counted, times `length`."""
     rnn = _rnn(variant, model)
@@ -106,8 +138,7 @@ def dmt_selection_flops(variant: RNNConfig, model: TeacherModelConfig, cfg: DMTC
     `eval_every`): forward passes from the initial memory, counted as the student's work (0 without it)."""
     if cfg.keep_best is None:
         return 0
-    check = _unroll_flops(variant, model, cfg.keep_best.sequences, cfg.keep_best.seq_len or cfg.rollout_len,
-                          backward=False)
+    check = _check_flops(variant, model, cfg.keep_best.sequences, cfg.keep_best.seq_len or cfg.rollout_len)
     return (1 + steps // cfg.keep_best.eval_every) * check
 
 
