@@ -92,9 +92,9 @@ def plateau_config(cfg: PipelineConfig) -> BPTTConfig:
 def matched_config(cfg: PipelineConfig) -> BPTTConfig:
     """The matched BPTT baseline: `bptt`, and when the student's DMT keeps its best weights (`dmt.keep_best`),
     as many checks of its own on validation documents, so selection flatters neither side (docs/comparison.md).
-    An explicit `bptt.keep_best` is kept as given."""
+    An explicit `bptt.keep_best` is kept as given; budgets in seconds have no step count to spread checks over."""
     kb = cfg.dmt.keep_best
-    if kb is None or cfg.bptt.keep_best is not None or cfg.bptt.budget == "plateau":
+    if kb is None or cfg.bptt.keep_best is not None or cfg.bptt.budget not in ("match_smt_flops", "steps"):
         return cfg.bptt
     selection = BaselineSelectionConfig(checks=max(1, cfg.dmt.run.steps // kb.eval_every), sequences=kb.sequences,
                                         seq_len=kb.seq_len or cfg.dmt.rollout_len)

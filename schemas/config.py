@@ -332,8 +332,8 @@ class BPTTConfig(StrictModel):
     )
     plateau: PlateauConfig | None = Field(None, description="early stopping for budget='plateau'")
     keep_best: BaselineSelectionConfig | None = Field(
-        None, description="publish the weights with the lowest held-out loss of `checks` checks (not with "
-        "budget='plateau', which selects by its own); the flow sets it from dmt.keep_best when left null, so the "
+        None, description="publish the weights with the lowest held-out loss of `checks` checks (budgets "
+        "'match_smt_flops' and 'steps'); the flow sets it from dmt.keep_best when left null, so the matched "
         "baseline gets the selection its student gets, paid from the same budget",
     )
 
@@ -341,8 +341,9 @@ class BPTTConfig(StrictModel):
 
     @model_validator(mode="after")
     def _one_selection(self) -> BPTTConfig:
-        if self.keep_best is not None and self.budget == "plateau":
-            raise ValueError("bptt.keep_best and budget='plateau' both select weights: use one")
+        if self.keep_best is not None and self.budget not in ("match_smt_flops", "steps"):
+            raise ValueError(f"bptt.keep_best spreads its checks over a known number of steps: budget "
+                             f"'match_smt_flops' or 'steps', not {self.budget!r} (the plateau selects by its own)")
         return self
 
 

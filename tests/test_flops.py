@@ -9,7 +9,7 @@ from _fixtures_training import BPTT_CFG, DISTILL_CFG, DMT_CFG, GRU, TRANSFORMER
 
 from flows.graph import matched_config
 from models.teacher import Decoder
-from schemas.config import BaselineSelectionConfig, KeepBestConfig, PipelineConfig
+from schemas.config import BaselineSelectionConfig, BPTTConfig, KeepBestConfig, PipelineConfig
 from stages.bptt import bptt_budget, budget_inputs
 from training import flops
 from training.steps import bptt_step_loss, dmt_step_loss
@@ -95,6 +95,9 @@ def test_a_selecting_student_gives_its_matched_baseline_as_many_checks_paid_from
     matched = matched_config(cfg)
     assert matched.keep_best == BaselineSelectionConfig(checks=4, sequences=6, seq_len=5)
     assert matched_config(cfg.model_copy(update={"dmt": DMT_CFG})) == cfg.bptt  # no selection: as configured
+    with pytest.raises(ValueError, match="known number of steps"):
+        BPTTConfig.model_validate({**BPTT_CFG.model_dump(), "budget": "seconds",
+                                   "keep_best": matched.keep_best.model_dump()})
     budget = budget_inputs(cfg, GRU)["smt_flops"]
     steps, _ = bptt_budget(matched, GRU, TINY_MODEL, smt_flops=budget)
     step = flops.bptt_step_flops(GRU, TINY_MODEL, matched)
