@@ -143,7 +143,7 @@ def bptt_stage(
         return Prefetcher(source, pin_memory=device.type == "cuda")
 
     run = cfg.run.model_copy(update={"steps": steps})
-    early_stop = held_out_early_stop(rnn, tokens, cfg, device, steps) if _selects(cfg) else None
+    early_stop = held_out_early_stop(rnn, tokens, cfg, device, steps) if _held_out(cfg) else None
     if cfg.keep_best is not None:
         early_stop.check(0, {"rnn": rnn})  # as DMT's checks start before its first step (a resumed run restores)
     loop = TrainLoop(
@@ -210,10 +210,6 @@ def held_out_early_stop(rnn: torch.nn.Module, tokens: TokensArtifact, cfg: BPTTC
     plateau = _plateau(cfg)
     return own_memory_stop(rnn, documents, seed, plateau.sequences, cfg.seq_len, device, plateau.eval_every,
                            plateau.patience)
-
-
-def _selects(cfg: BPTTConfig) -> bool:
-    return cfg.budget == "plateau" or cfg.keep_best is not None
 
 
 def _held_out(cfg: BPTTConfig) -> str | None:
