@@ -14,7 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from schemas.config import BaselineSelectionConfig, BPTTConfig, DistillConfig, DMTConfig, PipelineConfig, RNNConfig
+from schemas.config import (
+    STEP_BUDGETS,
+    BaselineSelectionConfig,
+    BPTTConfig,
+    DistillConfig,
+    DMTConfig,
+    PipelineConfig,
+    RNNConfig,
+)
 from stages.bptt import bptt_stage, budget_inputs
 from stages.distill import distill_stage
 from stages.dmt import dmt_stage
@@ -94,7 +102,7 @@ def matched_config(cfg: PipelineConfig) -> BPTTConfig:
     as many checks of its own on validation documents, so selection flatters neither side (docs/comparison.md).
     An explicit `bptt.keep_best` is kept as given; budgets in seconds have no step count to spread checks over."""
     kb = cfg.dmt.keep_best
-    if kb is None or cfg.bptt.keep_best is not None or cfg.bptt.budget not in ("match_smt_flops", "steps"):
+    if kb is None or cfg.bptt.keep_best is not None or cfg.bptt.budget not in STEP_BUDGETS:
         return cfg.bptt
     selection = BaselineSelectionConfig(checks=max(1, cfg.dmt.run.steps // kb.eval_every), sequences=kb.sequences,
                                         seq_len=kb.seq_len or cfg.dmt.rollout_len)

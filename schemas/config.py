@@ -299,6 +299,9 @@ class PlateauConfig(StrictModel):
     )
 
 
+STEP_BUDGETS = ("match_smt_flops", "steps")  # BPTT budgets that fix the step count before the run starts
+
+
 class BaselineSelectionConfig(StrictModel):
     """Model selection for a BPTT baseline whose student selects (`dmt.keep_best`): as many checks as the
     student's, on validation documents set aside from the train split, so selection favours neither side."""
@@ -341,7 +344,7 @@ class BPTTConfig(StrictModel):
 
     @model_validator(mode="after")
     def _one_selection(self) -> BPTTConfig:
-        if self.keep_best is not None and self.budget not in ("match_smt_flops", "steps"):
+        if self.keep_best is not None and self.budget not in STEP_BUDGETS:
             raise ValueError(f"bptt.keep_best spreads its checks over a known number of steps: budget "
                              f"'match_smt_flops' or 'steps', not {self.budget!r} (the plateau selects by its own)")
         return self
