@@ -1,12 +1,14 @@
-"""What `run.compile: true` buys: the same training steps eager and compiled, interleaved in one process.
+"""What `run.compile: true` (or `cpu_bf16: true`) buys: the same steps both ways, interleaved in one process.
 
-Two copies of one teacher and Transformer RNN at bench/vs_reference.py's sizes (weights equal); the second
-gets what TrainLoop, the DMT stage and the label workers do with `compile` (models/compiled.py). Each figure
-is measured in `--pairs` interleaved (eager, compiled) pairs after an untimed warm-up that compiles, so the
-machine's load hits both alike; one JSON line of medians and compiled / eager speed-ups.
+Two copies of one teacher and Transformer RNN at bench/vs_reference.py's sizes (weights equal); the first
+runs eager in fp32, the second gets what TrainLoop, the DMT stage and the label workers do with `compile`
+(models/compiled.py), with `cpu_bf16` (bf16 autocast, training/loop.py), or both (`--variant`). Each figure
+is measured in `--pairs` interleaved (eager, variant) pairs after an untimed warm-up that compiles, so the
+machine's load hits both alike; one JSON line of medians and variant / eager speed-ups.
 
-    python bench/bench_compile.py                 # CPU size, SwiGLU
+    python bench/bench_compile.py                 # CPU size, SwiGLU, compiled
     python bench/bench_compile.py --mlp gelu
+    python bench/bench_compile.py --variant bf16  # bf16 autocast, eager
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from bench.bench_train import compile_as_training, cpu_name, interleaved_rates  # noqa: E402
-from bench.vs_reference import SIZES, Size, optimiser_step  # noqa: E402
+from bench.vs_reference import SIZES, Size, in_bf16, optimiser_step  # noqa: E402
 from models.build import build_rnn, build_teacher  # noqa: E402
 from models.layers import normalize_memory  # noqa: E402
 from schemas.config import DMTConfig, RNNConfig, TeacherModelConfig, TeacherTrainConfig  # noqa: E402
@@ -44,6 +46,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=5, help="timed calls per measurement (after one untimed)")
     p.add_argument("--only", nargs="*", choices=FIGURES, default=list(FIGURES))
     p.add_argument("--mlp", choices=["swiglu", "gelu"], default="swiglu")
+    p.add_argument("--variant", choices=["compile", "bf16", "compile+bf16"], default="compile",
+                   help="what the second copy gets: torch.compile, bf16 autocast, or both")
     return p.parse_args(argv)
 
 
@@ -86,8 +90,9 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     teacher = build_teacher(model).to(device)
     rnn = build_rnn(variant, model, teacher).to(device)
-    sides = [Side(t, r, model, variant, s, compiled) for t, r, compiled in
-             ((teacher, rnn, False), (copy.deepcopy(teacher), copy.deepcopy(rnn), True))]
+    compiled, bf16 = "compile" in a.variant, "bf16" in a.variant
+    sides = [Side(t, r, model, variant, s, c) for t, r, c in
+             ((teacher, rnn, False), (copy.deepcopy(teacher), copy.deepcopy(rnn), compiled))]
     tokens = lambda *shape: torch.randint(0, s.vocab, shape, device=device)  # noqa: E731
     inputs = {
         "teacher_step": ((tokens(s.batch, s.Tc + s.Tf + 1),), s.batch, "transitions/s"),
@@ -100,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "command": " ".join(["bench/bench_compile.py", *(argv if argv is not None else sys.argv[1:])]),
-        "size": a.size, "mlp": a.mlp, "figures": {},
+        "size": a.size, "mlp": a.mlp, "variant": a.variant, "figures": {},
     }
     for name in a.only:
         args, items, unit = inputs[name]
@@ -108,17 +113,18 @@ def main(argv: list[str] | None = None) -> dict:
         for side in sides:
             side.teacher.requires_grad_(hot)
         calls = [getattr(side, name)(*args) for side in sides]
+        calls[1] = in_bf16(calls[1], device, bf16)
         start = time.perf_counter()
         calls[1]()  # compile outside the timed region
         compile_s = time.perf_counter() - start
         rates = interleaved_rates(calls, items, a.pairs, a.steps, device)
-        eager, compiled = statistics.median(rates[0]), statistics.median(rates[1])
-        report["figures"][name] = {"unit": unit, "eager": round(eager, 2), "compiled": round(compiled, 2),
-                                   "speedup": round(compiled / eager, 3), "first_call_s": round(compile_s, 1),
+        eager, other = statistics.median(rates[0]), statistics.median(rates[1])
+        report["figures"][name] = {"unit": unit, "eager": round(eager, 2), a.variant: round(other, 2),
+                                   "speedup": round(other / eager, 3), "first_call_s": round(compile_s, 1),
                                    "eager_all": [round(r, 2) for r in rates[0]],
-                                   "compiled_all": [round(r, 2) for r in rates[1]]}
-        print(f"{name:13s} eager {eager:10.1f}  compiled {compiled:10.1f} {unit:14s} x{compiled / eager:5.2f} "
-              f"(first compiled call {compile_s:.0f} s)", file=sys.stderr, flush=True)
+                                   f"{a.variant}_all": [round(r, 2) for r in rates[1]]}
+        print(f"{name:13s} eager {eager:10.1f}  {a.variant} {other:10.1f} {unit:14s} x{other / eager:5.2f} "
+              f"(first call {compile_s:.0f} s)", file=sys.stderr, flush=True)
     print(json.dumps(report))
     return report
 

@@ -2,7 +2,7 @@
 
 The reference (akarshkumar0101/smt, `src/model.py`) is imported from `--reference-src`, never copied in
 (its imports: pip install x-transformers einops einx loguru frozendict torch-einops-utils tqdm). Both
-sides get the same shapes, the same batch, fp32, the same threads; each figure is measured in
+sides get the same shapes, the same batch, fp32 (or bf16 autocast: --bf16), the same threads; each figure is measured in
 `--pairs` interleaved (reference, ours) pairs so the machine's load hits both alike, and the JSON line
 holds the medians and ours / reference as a rate ratio (> 1: ours is faster). It also holds each side's
 FLOPs per item (torch's FlopCounterMode over one call: matmuls and attention, forward and backward) and the
@@ -94,6 +94,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=5, help="timed calls per measurement (after one untimed)")
     p.add_argument("--only", nargs="*", choices=FIGURES + COMPILED, default=list(FIGURES))
     p.add_argument("--compile", action="store_true", help="our blocks and DMT rollout through torch.compile")
+    p.add_argument("--bf16", choices=["none", "both", "ours"], default="none",
+                   help="bf16 autocast for both sides (same precision), or for ours alone (what run.cpu_bf16 buys "
+                        "against the reference as it runs, fp32)")
     p.add_argument("--mlp", choices=["swiglu", "gelu"], default=None,
                    help="our block MLP (default: the config's default); gelu has the reference's FLOPs")
     return p.parse_args(argv)
@@ -122,12 +125,24 @@ def count_flops(call: Callable[[], None]) -> int:
     return counter.get_total_flops()
 
 
-def matmul_gflops(device: torch.device, n: int = 2048, calls: int = 5) -> float:
-    """GFLOP/s of an n x n fp32 matmul on this device and these threads (median of `calls`): the ceiling
-    the figures' GFLOP/s are read against."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_gflops(device: torch.device, n: int = 2048, calls: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of an n x n matmul (fp32, or bf16) on this device and these threads (median of `calls`): the
+    ceiling the figures' GFLOP/s are read against."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     seconds = timed(lambda: a @ b, calls, 1, device)
     return 2 * n**3 / seconds / 1e9
+
+
+def in_bf16(call: Callable[[], None], device: torch.device, enabled: bool) -> Callable[[], None]:
+    """`call` under bf16 autocast on `device` (training/loop.py's, as `cpu_bf16` / `amp` train)."""
+    if not enabled:
+        return call
+
+    def bf16_call() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            call()
+
+    return bf16_call
 
 
 def optimiser_step(params: list, loss: Callable[[], torch.Tensor]) -> Callable[[], None]:
@@ -303,12 +318,15 @@ def main(argv: list[str] | None = None) -> dict:
         "sizes": vars(SIZES[a.size]),
         "mlp": sides.model.mlp,
         "compile": a.compile,
+        "bf16": a.bf16,
         "parameters": sides.parameters(),
         "matmul_gflops": round(matmul_gflops(device), 1),
+        "matmul_gflops_bf16": round(matmul_gflops(device, dtype=torch.bfloat16), 1),
         "figures": {},
     }
     for name in a.only:
         ref_call, ours, items, unit = sides.figure(name)
+        ref_call, ours = in_bf16(ref_call, device, a.bf16 == "both"), in_bf16(ours, device, a.bf16 != "none")
         ref_rates, our_rates = interleaved_rates([ref_call, ours], items, a.pairs, a.steps, device)
         ref_median, our_median = statistics.median(ref_rates), statistics.median(our_rates)
         ref_flops, our_flops = count_flops(ref_call) / items, count_flops(ours) / items  # per item

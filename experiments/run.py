@@ -87,7 +87,7 @@ def run_experiment(cfg: PipelineConfig, config_path: str) -> tuple[dict[str, Any
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
         "wall_clock_s": round(seconds, 1),  # this invocation only: re-used artifacts cost it nothing
-        "stage_seconds": {role: _seconds(s) for role, s in stats.items() if _seconds(s) is not None},
+        "stage_seconds": {role: recorded_seconds(s) for role, s in stats.items() if recorded_seconds(s) is not None},
         "teacher": {k: stats["teacher"][k] for k in TEACHER_STATS if k in stats["teacher"]},
         "summary": summary,
         "across_seeds": seed_rows(summary),
@@ -99,7 +99,7 @@ def run_experiment(cfg: PipelineConfig, config_path: str) -> tuple[dict[str, Any
     return record, report_url
 
 
-def _seconds(stats: dict[str, Any]) -> float | None:
+def recorded_seconds(stats: dict[str, Any]) -> float | None:
     """A stage's recorded time: training (teacher, students) or encoding (the label job's workers)."""
     value = stats.get("train_seconds", stats.get("seconds", stats.get("encode_seconds")))
     return round(float(value), 1) if isinstance(value, int | float) else None

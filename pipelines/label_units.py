@@ -35,6 +35,7 @@ from store.label_layout import (
     write_unit_record,
 )
 from store.tokens import TokensArtifact
+from training.loop import autocast
 
 
 def plan_windows(tokens: TokensArtifact, spec: LabelSpec) -> pa.Table:
@@ -106,7 +107,7 @@ def window_tokens(
 
 def encode_windows(
     teacher: nn.Module, x: np.ndarray, y: np.ndarray, geometry: LabelGeometry, batch_size: int,
-    device: torch.device,
+    device: torch.device, cpu_bf16: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Memories (n, L+1, Z) float32 and readout losses (n, L+1) float32 of windows (n, Tc+L+Tf).
 
@@ -114,7 +115,7 @@ def encode_windows(
     real tokens they hold, so contexts near document starts share batches and the encoder can cut
     their common padding; the order (hence every batch, and the CPU float results) is the same on
     every run. Results stay on the device until the unit is done: one copy back per unit, no host
-    sync per batch beyond the encoder's padding check. bf16 autocast on CUDA.
+    sync per batch beyond the encoder's padding check. bf16 autocast on CUDA, and on a CPU with `cpu_bf16`.
     """
     tc, steps = geometry.context_len, geometry.steps
     n = x.shape[0]
@@ -127,8 +128,7 @@ def encode_windows(
         contexts, label_targets = contexts.pin_memory(), label_targets.pin_memory()
     memory = torch.empty((n * steps, geometry.memory_size), dtype=torch.float32, device=device)
     loss = torch.empty(n * steps, dtype=torch.float32, device=device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), autocast(device, amp=True, cpu_bf16=cpu_bf16):
         for start in range(0, n * steps, batch_size):
             ctx = contexts[start : start + batch_size].to(device, non_blocking=True)
             tgt = label_targets[start : start + batch_size].to(device, non_blocking=True)
@@ -176,14 +176,14 @@ def write_unit(
 def run_unit(
     url: str, arrays: dict[str, zarr.Array], geometry: LabelGeometry, plan: pa.Table, shard: int,
     teacher: nn.Module, tokens: TokensArtifact, batch_size: int, device: torch.device,
-    extra: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None, cpu_bf16: bool = False,
 ) -> dict[str, Any]:
     """Cut, encode and write one shard; the record notes how long encoding took (and `extra`)."""
     w0, w1 = geometry.shard_range(shard)
     rows = plan.slice(w0, w1 - w0)
     x, y = window_tokens(tokens, rows.column("doc_id").to_numpy(), rows.column("anchor").to_numpy(), geometry)
     start = time.perf_counter()
-    memory, dec_loss = encode_windows(teacher, x, y, geometry, batch_size, device)
+    memory, dec_loss = encode_windows(teacher, x, y, geometry, batch_size, device, cpu_bf16)
     seconds = time.perf_counter() - start
     info = {"encode_seconds": seconds, **(extra or {})}
     return write_unit(url, arrays, geometry, shard, x, y, memory, dec_loss, info)

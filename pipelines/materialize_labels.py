@@ -113,7 +113,7 @@ class EncodeUnitsFn(beam.DoFn):
         extra = {"worker": f"{socket.gethostname()}:{os.getpid()}", "torch_threads": torch.get_num_threads()}
         record = run_unit(
             url, self.arrays, self.geometry, self.plan, shard, self.teacher, self.tokens,
-            self.job["batch_size"], self.device, extra,
+            self.job["batch_size"], self.device, extra, cpu_bf16=self.job.get("cpu_bf16", False),
         )
         self.units.inc()
         yield record
@@ -180,6 +180,7 @@ def _materialize(
             "url": ref.url, "tokens_url": tokens_url, "teacher_url": teacher_url,
             "geometry": asdict(geometry), "batch_size": spec.batch_size, "device": spec.device,
             "threads": worker_threads(beam_cfg, threads), "compile": spec.compile,
+            "cpu_bf16": spec.cpu_bf16,
         }
         monitor = _ProgressMonitor(ref.url, total, geometry.shard_windows * geometry.steps, progress)
         monitor.start()

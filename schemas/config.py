@@ -124,10 +124,16 @@ class OptimConfig(StrictModel):
 class RunConfig(StrictModel):
     """Where and how a training loop runs."""
 
+    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"cpu_bf16"})
+
     steps: int = Field(150_000, ge=0, description="optimiser steps")
     batch_size: int = Field(128, ge=1, description="sequences (or transitions) per step, per process")
     device: str = Field("auto", description="'auto' (cuda if present), 'cpu', 'cuda', 'cuda:1' …")
-    amp: bool = Field(True, description="bf16 autocast on CUDA (always fp32 on CPU)")
+    amp: bool = Field(True, description="bf16 autocast on CUDA (fp32 on a CPU unless cpu_bf16)")
+    cpu_bf16: bool = Field(
+        False, description="bf16 autocast on a CPU too: faster on CPUs with bf16 matrix instructions (AVX512-BF16, "
+        "AMX), slower on others; numerics change within bf16 rounding (README, Benchmarks)",
+    )
     compile: bool = Field(False, description="torch.compile the Transformer blocks (and a DMT rollout), any device")
     seed: int = Field(0, description="seed for init, sampling and shuffling")
     log_every: int = Field(50, ge=1, description="steps between logged metrics")
@@ -209,7 +215,7 @@ class TeacherTrainConfig(StrictModel):
 class LabelSpec(StrictModel):
     """Which windows the label store holds and how (docs/architecture.md, 'Label store layout')."""
 
-    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"compile"})
+    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"compile", "cpu_bf16"})
 
     trajectory_len: int = Field(256, ge=1, description="L: transitions per window (L+1 memories); >= dmt.rollout_len")
     num_windows: int | None = Field(1024, ge=1, description="windows to sample; null = all at `stride`")
@@ -228,6 +234,10 @@ class LabelSpec(StrictModel):
     compile: bool = Field(
         False, description="torch.compile the teacher's blocks in every worker (models/compiled.py): faster "
         "encoding after a first compile per worker (~30 s on a CPU), so for large stores",
+    )
+    cpu_bf16: bool = Field(
+        False, description="encode in bf16 autocast on a CPU too (always on CUDA): faster on CPUs with bf16 matrix "
+        "instructions (AVX512-BF16, AMX); labels change within bf16 rounding",
     )
     seed: int = Field(0, description="seed of window sampling")
 

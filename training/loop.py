@@ -83,10 +83,13 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_st
     return LambdaLR(optimizer, WarmupSchedule(total_steps, cfg.warmup_frac, cfg.schedule))
 
 
-def autocast(device: torch.device, amp: bool) -> AbstractContextManager[Any]:
-    """bf16 autocast on CUDA only: CPU bf16 is slow and changes numerics, so CPU stays fp32."""
+def autocast(device: torch.device, amp: bool, cpu_bf16: bool = False) -> AbstractContextManager[Any]:
+    """bf16 autocast on CUDA when `amp`; on a CPU only when asked (`cpu_bf16`): fast where the CPU has bf16
+    matrix instructions (AVX512-BF16, AMX), slow where it has not, and it changes the numerics."""
     if amp and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    if cpu_bf16 and device.type == "cpu":
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
     return nullcontext()
 
 
@@ -253,7 +256,7 @@ class TrainLoop:
 
     def _train_step(self, batch: Any) -> dict[str, torch.Tensor]:
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device, self.run_cfg.amp):
+        with autocast(self.device, self.run_cfg.amp, self.run_cfg.cpu_bf16):
             out = self.loss_module(to_device(batch, self.device))
         out["loss"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.optim_cfg.grad_clip)
