@@ -39,7 +39,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def in_bf16(cfg: PipelineConfig) -> PipelineConfig:
+def with_cpu_bf16(cfg: PipelineConfig) -> PipelineConfig:
     """The same pipeline with `cpu_bf16` on the teacher's, the label job's and SMT's."""
     def run(r: RunConfig) -> RunConfig:
         return r.model_copy(update={"cpu_bf16": True})
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = cfg.model_copy(update={"threads": a.threads})
     report = {"device": cpu_name(), "torch": torch.__version__, "threads": cfg.threads,
               "command": " ".join(["bench/bench_bf16_quality.py", *(argv if argv is not None else sys.argv[1:])]),
-              "fp32": measure(cfg), "bf16": measure(in_bf16(cfg))}
+              "fp32": measure(cfg), "bf16": measure(with_cpu_bf16(cfg))}
     print(json.dumps(report))
     return report
 

@@ -51,7 +51,7 @@ import torch  # noqa: E402
 from bench.bench_train import compile_as_training, cpu_name, interleaved_rates, timed  # noqa: E402
 from models.build import build_rnn, build_teacher  # noqa: E402
 from schemas.config import DMTConfig, OptimConfig, RNNConfig, TeacherModelConfig, TeacherTrainConfig  # noqa: E402
-from training.loop import build_optimizer, resolve_device  # noqa: E402
+from training.loop import autocast, build_optimizer, resolve_device  # noqa: E402
 from training.steps import bptt_step_loss, dmt_step_loss, smt_step_loss, teacher_step_loss  # noqa: E402
 
 
@@ -134,12 +134,12 @@ def matmul_gflops(device: torch.device, n: int = 2048, calls: int = 5, dtype: to
 
 
 def in_bf16(call: Callable[[], None], device: torch.device, enabled: bool) -> Callable[[], None]:
-    """`call` under bf16 autocast on `device` (training/loop.py's, as `cpu_bf16` / `amp` train)."""
+    """`call` under the training loop's bf16 autocast on `device` (as `cpu_bf16` / `amp` train)."""
     if not enabled:
         return call
 
     def bf16_call() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with autocast(device, amp=True, cpu_bf16=True):
             call()
 
     return bf16_call

@@ -113,7 +113,7 @@ class EncodeUnitsFn(beam.DoFn):
         extra = {"worker": f"{socket.gethostname()}:{os.getpid()}", "torch_threads": torch.get_num_threads()}
         record = run_unit(
             url, self.arrays, self.geometry, self.plan, shard, self.teacher, self.tokens,
-            self.job["batch_size"], self.device, extra, cpu_bf16=self.job.get("cpu_bf16", False),
+            self.job["batch_size"], self.device, extra, cpu_bf16=self.job["cpu_bf16"],
         )
         self.units.inc()
         yield record
