@@ -73,6 +73,19 @@ def teacher_line(record: dict[str, Any]) -> str:
     return "; ".join(parts) + "."
 
 
+def choice_line(record: dict[str, Any]) -> str:
+    """Which teacher `teacher_choice` kept and what each candidate's student scored (held-out train documents)."""
+    choice = record.get("teacher_choice")
+    if not choice:
+        return ""
+    bits = sorted(choice["held_out_bits"].items(), key=lambda kv: int(kv[0]))
+    scores = ", ".join(f"seed {seed}: {b:.3g}" for seed, b in bits)
+    return (f"Teacher chosen without test data (`teacher_choice`): the first student's read loss from its own memory "
+            f"on unseen train documents, bits per scored token ({scores}); kept seed {choice['chosen_seed']}. The "
+            f"candidates left and the checks cost {choice['selection_flops'] / 1e12:.3g} TFLOP, in the shared cost "
+            "below.\n")
+
+
 def compute_table(record: dict[str, Any]) -> str:
     rows = record.get("compute") or []
     if not rows:
@@ -96,6 +109,7 @@ def section(record: dict[str, Any], folder: Path) -> str:
         f"job's own overhead or evaluation); the recording run took {record['wall_clock_s']:g} s "
         "(artifacts that existed already were re-used).\n",
         teacher_line(record) + "\n",
+        *([choice_line(record)] if record.get("teacher_choice") else []),
         students_table(record),
     ]
     compute = compute_table(record)

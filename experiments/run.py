@@ -51,6 +51,8 @@ def smoke_config(cfg: PipelineConfig) -> PipelineConfig:
         data["bptt_plateau"].update(max_steps=4, eval_every=2, sequences=8)
     if data["dmt"].get("keep_best"):
         data["dmt"]["keep_best"].update(eval_every=1, sequences=8)
+    if data.get("teacher_choice"):
+        data["teacher_choice"].update(sequences=8)
     data["evaluate"].update(num_sequences=8, num_samples=1)
     return PipelineConfig.model_validate(data)
 
@@ -87,8 +89,9 @@ def run_experiment(cfg: PipelineConfig, config_path: str) -> tuple[dict[str, Any
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
         "wall_clock_s": round(seconds, 1),  # this invocation only: re-used artifacts cost it nothing
-        "stage_seconds": {role: recorded_seconds(s) for role, s in stats.items() if recorded_seconds(s) is not None},
+        "stage_seconds": {role: t for role, s in stats.items() if (t := recorded_seconds(s)) is not None},
         "teacher": {k: stats["teacher"][k] for k in TEACHER_STATS if k in stats["teacher"]},
+        **({"teacher_choice": stats["teacher_choice"]} if "teacher_choice" in stats else {}),
         "summary": summary,
         "across_seeds": seed_rows(summary),
         "compute": compute_rows(lineage),

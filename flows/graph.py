@@ -2,6 +2,10 @@
 
     tokens -> teacher -> (quality gate) -> labels (Beam) -> per variant: distill -> DMT, BPTT -> evaluate
 
+With `teacher_choice`, the teacher is chosen first: each candidate seed is built up to its first student's SMT
+(tokens -> teacher -> labels -> distill), a `teacher_choice` stage scores those students on held-out train
+documents, and the graph above runs with the chosen seed (re-using that candidate's artifacts).
+
 `run_graph` walks it with an `Executor`: the Prefect flow's submits each stage as a task
 (flows/smt_pipeline.py), the local one calls it in this process (flows/local.py, the CLI's
 single-stage commands). Both therefore run the same stages in the same order under the same role
@@ -28,7 +32,8 @@ from stages.distill import distill_stage
 from stages.dmt import dmt_stage
 from stages.evaluate import evaluate_stage
 from stages.labels import labels_stage
-from stages.teacher import require_useful_teacher, teacher_stage
+from stages.teacher import TeacherQualityError, require_useful_teacher, teacher_stage
+from stages.teacher_choice import chosen_seed, teacher_choice_stage
 from stages.tokens import tokens_stage
 from store import plans
 from store.artifacts import ArtifactRef
@@ -56,10 +61,11 @@ STAGES: dict[str, Stage] = {
         Stage("dmt", dmt_stage, plans.plan_dmt, per_variant=True),
         Stage("bptt", bptt_stage, plans.plan_bptt, per_variant=True),
         Stage("bptt_plateau", bptt_stage, plans.plan_bptt, per_variant=True),  # only with cfg.bptt_plateau
+        Stage("teacher_choice", teacher_choice_stage, plans.plan_teacher_choice),  # only with cfg.teacher_choice
         Stage("evaluate", evaluate_stage, plans.plan_evaluate),
     )
 }
-ORDER = tuple(name for name in STAGES if name != "bptt_plateau")  # it runs with "bptt"
+ORDER = tuple(name for name in STAGES if name not in ("bptt_plateau", "teacher_choice"))  # they run with others
 # role = f"{variant.label}/{mode}"
 STUDENT_ROLES = {"distill": "smt", "dmt": "smt+dmt", "bptt": "bptt", "bptt_plateau": "bptt-plateau"}
 
@@ -139,6 +145,8 @@ def run_graph(
     tokens = done("tokens", submit("tokens", cfg=cfg.tokens))
     if "teacher" not in wanted:
         return refs
+    if cfg.teacher_choice is not None:
+        cfg = choose_teacher(cfg, executor, refs, log)
     teacher = done("teacher", submit("teacher", tokens_url=tokens.url, cfg=cfg.teacher))
     if "labels" not in wanted:
         return refs
@@ -175,3 +183,34 @@ def run_graph(
             "evaluate", rnn_urls=rnn_urls, tokens_url=tokens.url, teacher_url=teacher.url,
             labels_url=labels.url, cfg=cfg.evaluate))
     return refs
+
+
+def choose_teacher(
+    cfg: PipelineConfig, executor: Executor, refs: dict[str, ArtifactRef], log: Callable[[str], None],
+) -> PipelineConfig:
+    """Build every `teacher_choice` candidate up to its first student's SMT (the artifacts the chosen one's run
+    re-uses), score them (stages/teacher_choice.py) and return the config with the chosen teacher's seed.
+    A candidate the quality gate stops is left out; the flow stops only when every one is."""
+    assert cfg.teacher_choice is not None
+    probe = cfg.students[:1]
+    candidates: dict[str, dict[str, str]] = {}
+    refused = []
+    for seed in cfg.teacher_choice.seeds:
+        try:
+            built = run_graph(cfg.with_teacher_seed(seed), executor, "distill", probe,
+                              lambda line, seed=seed: log(f"candidate teacher seed {seed}: {line}"))
+        except TeacherQualityError as err:
+            log(f"candidate teacher seed {seed} left out: {err}")
+            refused.append(str(err))
+            continue
+        candidates[str(seed)] = {"teacher": built["teacher"].url, "labels": built["labels"].url,
+                                 "rnn": built[role_of("distill", probe[0])].url}
+    if not candidates:
+        raise TeacherQualityError(f"no teacher_choice candidate passed the quality gate: {refused[0]}")
+    choice_cfg = cfg.teacher_choice.model_copy(update={"seq_len": cfg.teacher_choice.seq_len or cfg.dmt.rollout_len})
+    handle = executor.submit(STAGES["teacher_choice"], None, threads_for(cfg.threads, "teacher_choice", 1),
+                             {"candidates": candidates, "cfg": choice_cfg, "root": cfg.root})
+    ref = refs["teacher_choice"] = executor.result(handle)
+    seed = chosen_seed(ref.url)
+    log(f"teacher_choice: {ref.url} (teacher seed {seed})")
+    return cfg.with_teacher_seed(seed)

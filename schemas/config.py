@@ -383,6 +383,22 @@ class TaskRunnerConfig(StrictModel):
     workers: int = Field(2, ge=1, description="dask without address: worker processes of the local cluster")
 
 
+class TeacherChoiceConfig(StrictModel):
+    """Train one teacher per seed and keep the one whose SMT student reads best from its own memory on train
+    documents the label store has no window of (docs/comparison.md: teachers that answer equally well differ
+    in how well a student follows their memories, more than student seeds do)."""
+
+    seeds: list[int] = Field(min_length=2, description="teacher.run.seed of each candidate (distinct, >= 0)")
+    sequences: int = Field(256, ge=1, description="held-out sequences each candidate's student is scored on")
+    seq_len: int | None = Field(None, ge=1, description="tokens per held-out sequence; null: dmt.rollout_len")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> TeacherChoiceConfig:
+        if any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"teacher_choice.seeds must be distinct and >= 0, got {self.seeds}")
+        return self
+
+
 class PipelineConfig(StrictModel):
     """The whole flow: tokens -> teacher -> labels -> (distill -> DMT, BPTT) per variant -> evaluate -> report."""
 
@@ -406,6 +422,11 @@ class PipelineConfig(StrictModel):
         None, ge=0, le=1, description="also stop unless the teacher's held-out top-1 accuracy on the scored "
         "anchors reaches this (for tasks with one right answer, such as retrieval or MQAR, where a teacher can "
         "beat the unigram by storing which answers occur without knowing which one is asked for); null = off",
+    )
+    teacher_choice: TeacherChoiceConfig | None = Field(
+        None, description="train a teacher per seed (each with its label store and the first variant's SMT "
+        "student) and continue with the one whose student has the lowest held-out read loss from its own memory; "
+        "the others' cost is counted in the shared cost. null: one teacher, from teacher.run.seed",
     )
     labels: LabelSpec = Field(default_factory=LabelSpec)
     beam: BeamConfig = Field(default_factory=BeamConfig)
@@ -436,6 +457,12 @@ class PipelineConfig(StrictModel):
                 f"({self.labels.trajectory_len}): the store holds no memories that far"
             )
         return self
+
+    def with_teacher_seed(self, seed: int) -> PipelineConfig:
+        """This config with one teacher, trained from `seed` (a candidate of `teacher_choice`, or the chosen one)."""
+        run = self.teacher.run.model_copy(update={"seed": seed})
+        return self.model_copy(update={"teacher": self.teacher.model_copy(update={"run": run}),
+                                       "teacher_choice": None})
 
     @property
     def students(self) -> list[RNNConfig]:

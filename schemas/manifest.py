@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.config import SCHEMA_VERSION
 
-ArtifactKind = Literal["tokens", "teacher", "labels", "rnn", "evaluation", "report"]
+ArtifactKind = Literal["tokens", "teacher", "labels", "rnn", "teacher_choice", "evaluation", "report"]
 TRACKED_PACKAGES = ("smt-pipeline", "torch", "apache-beam", "zarr", "pyarrow", "prefect", "fsspec", "numpy")
 
 

@@ -114,7 +114,7 @@ def compute_rows(lineage: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
     or shared over the variants trained from this store; `pays_off_from` is the number of variants from
     which that shared cost per variant is below the student's own."""
     stats = {role: read_manifest(ref["url"]).stats for role, ref in lineage.items()}
-    shared = _teacher_flops(lineage) + _label_flops(lineage)
+    shared = shared_flops(lineage)
     variants = sorted({role.split("/")[0] for role in lineage if role.endswith("/smt")})
     rows = []
     for v in variants:
@@ -130,6 +130,14 @@ def compute_rows(lineage: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
             "pays_off_from": math.ceil(shared / student) if student else None,
         })
     return rows
+
+
+def shared_flops(lineage: dict[str, dict[str, str]]) -> int:
+    """What every variant on this store shares: the teacher, the label job and, with `teacher_choice`, the
+    candidates it trained and left (their teachers, label jobs and students) and its checks."""
+    choice = lineage.get("teacher_choice")
+    selection = int(read_manifest(choice["url"], "teacher_choice").stats["selection_flops"]) if choice else 0
+    return _teacher_flops(lineage) + _label_flops(lineage) + selection
 
 
 def _teacher_flops(lineage: dict[str, dict[str, str]]) -> int:
@@ -173,15 +181,34 @@ def compute_section(lineage: dict[str, dict[str, str]]) -> str:
     if not {"teacher", "labels"} <= set(lineage) or not any(r.endswith("/smt") for r in lineage):
         return ""
     rows = compute_rows(lineage)
-    shared = (_teacher_flops(lineage) + _label_flops(lineage)) / 1e12
+    shared = shared_flops(lineage) / 1e12
+    chosen = " (with the teacher candidates trained and left: Teacher choice)" if "teacher_choice" in lineage else ""
     return (
         "## Compute\n\n"
-        f"Training FLOPs counted from the shapes (training/flops.py). The teacher and the label job cost "
+        f"Training FLOPs counted from the shapes (training/flops.py). The teacher and the label job{chosen} cost "
         f"{shared:.4g} TFLOP once, for every variant trained from this label store; the BPTT baseline gets "
         "the student's own budget. `pays_off_from`: from that many variants on one store, the shared cost "
         "per variant is below the student's own training cost.\n\n" + markdown_table(rows)
         + "\n![held-out loss against training compute](compute.png)\n"
     )
+
+
+def teacher_choice_section(lineage: dict[str, dict[str, str]]) -> str:
+    """Which teacher seed `teacher_choice` kept, and every candidate's score."""
+    if "teacher_choice" not in lineage:
+        return ""
+    from stages.teacher_choice import choice_record
+
+    record = choice_record(lineage["teacher_choice"]["url"])
+    kept = str(record["chosen_seed"])
+    rows = [{"teacher_seed": int(seed), "student_held_out_bits": bits, "TFLOP": record["candidate_flops"][seed] / 1e12,
+             "kept": "yes" if seed == kept else "", "teacher": record["candidates"][seed]["teacher"]}
+            for seed, bits in sorted(record["held_out_bits"].items(), key=lambda kv: int(kv[0]))]
+    return ("## Teacher choice\n\nOne teacher per seed, each with its label store and the first variant's SMT "
+            "student; the teacher kept is the one whose student reads best from its own memory (bits per scored "
+            f"token on {record['held_out']}; the test split plays no part). `TFLOP`: a candidate's own teacher, "
+            "label job and student; those of the candidates left are in the shared cost below.\n\n"
+            + markdown_table(rows))
 
 
 SELECTED_ON = {"validation": "validation documents set aside from the train split",
@@ -239,6 +266,7 @@ def build_markdown(evaluation_url: str, lineage: dict[str, dict[str, str]], name
     parts.append(markdown_table(_flag_below_ceiling(summary_rows(evaluation_url), ceiling)))
     parts.append("Bits are per scored token; `-` marks a span of positions where the task scores nothing.\n")
     parts.append(seeds_section(summary_rows(evaluation_url)))
+    parts.append(teacher_choice_section(lineage))
     parts.append(compute_section(lineage))
     parts.append(selection_section(lineage))
     plots = listing(evaluation_url, ".png")

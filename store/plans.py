@@ -17,6 +17,7 @@ from schemas.config import (
     EvalConfig,
     LabelSpec,
     RNNConfig,
+    TeacherChoiceConfig,
     TeacherTrainConfig,
     TokensConfig,
 )
@@ -88,6 +89,14 @@ def plan_bptt(
         config["smt_flops"] = smt_flops
     parents = {"tokens": parent_hash(tokens_url), "teacher": parent_hash(teacher_url)}
     return plan_artifact(root, "rnn", config, parents)
+
+
+def plan_teacher_choice(candidates: dict[str, dict[str, str]], cfg: TeacherChoiceConfig, root: str,
+                        **_: Any) -> ArtifactRef:
+    """candidates: teacher seed -> {"teacher", "labels", "rnn"} URLs (the rnn: that teacher's first SMT student)."""
+    parents = {f"{role}@{seed}": parent_hash(urls[role])
+               for seed, urls in sorted(candidates.items()) for role in ("teacher", "labels", "rnn")}
+    return plan_artifact(root, "teacher_choice", _json(cfg), parents)
 
 
 def plan_evaluate(

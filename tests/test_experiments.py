@@ -39,6 +39,9 @@ def test_experiment_smoke_runs_and_renders(config: Path, tmp_path: Path, one_thr
     assert record["wall_clock_s"] > 0 and record["stage_seconds"]["teacher"] >= 0
     page = render(out)
     assert f"## {record['name']}" in page and "| variant | mode | seeds | accuracy | bits |" in page
+    if record["config"].get("teacher_choice"):  # the choice is recorded and shown
+        assert record["teacher_choice"]["chosen_seed"] in record["config"]["teacher_choice"]["seeds"]
+        assert "Teacher chosen without test data" in page
     for figure in record["figures"]:
         assert (out / figure).stat().st_size > 0
 

@@ -102,10 +102,11 @@ def bptt_selection_checks(cfg: BPTTConfig, steps: int) -> int:
 def _bptt_check_flops(variant: RNNConfig, model: TeacherModelConfig, cfg: BPTTConfig) -> int:
     if cfg.keep_best is None:
         return 0
-    return _check_flops(variant, model, cfg.keep_best.sequences, cfg.keep_best.seq_len)
+    return check_flops(variant, model, cfg.keep_best.sequences, cfg.keep_best.seq_len)
 
 
-def _check_flops(variant: RNNConfig, model: TeacherModelConfig, sequences: int, seq_len: int) -> int:
+def check_flops(variant: RNNConfig, model: TeacherModelConfig, sequences: int, seq_len: int) -> int:
+    """One held-out check: `sequences` sequences read from the initial memory over `seq_len` tokens, no backward."""
     return _unroll_flops(variant, model, sequences, seq_len, backward=False)
 
 
@@ -138,7 +139,7 @@ def dmt_selection_flops(variant: RNNConfig, model: TeacherModelConfig, cfg: DMTC
     `eval_every`): forward passes from the initial memory, counted as the student's work (0 without it)."""
     if cfg.keep_best is None:
         return 0
-    check = _check_flops(variant, model, cfg.keep_best.sequences, cfg.keep_best.seq_len or cfg.rollout_len)
+    check = check_flops(variant, model, cfg.keep_best.sequences, cfg.keep_best.seq_len or cfg.rollout_len)
     return (1 + steps // cfg.keep_best.eval_every) * check
 
 
