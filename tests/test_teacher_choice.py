@@ -4,6 +4,7 @@ from its own memory on train documents no store has a window of decides; the flo
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import torch
 from _fixtures_labels import IN_MEMORY, TINY_SPEC, make_tokens
 from _fixtures_training import DISTILL_CFG, DMT_CFG, GRU, TEACHER_CFG
 
+from experiments.compare_teachers import candidates_from_records
+from experiments.compare_teachers import main as compare_teachers
 from flows.local import run_until
 from schemas.config import PipelineConfig, TeacherChoiceConfig
 from schemas.layout import SPLIT_TRAIN
@@ -39,7 +42,9 @@ def _config(root: Path, **overrides) -> PipelineConfig:
                           dmt=DMT_CFG, **overrides)
 
 
-def test_the_flow_goes_on_with_the_teacher_whose_student_reads_best_and_pays_for_the_others(tmp_path: Path) -> None:
+def test_the_flow_goes_on_with_the_teacher_whose_student_reads_best_and_pays_for_the_others(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
     cfg = _config(tmp_path, teacher_choice=CHOICE)
     refs = run_until(cfg, "distill")
     record = choice_record(refs["teacher_choice"].url)
@@ -74,12 +79,29 @@ def test_the_flow_goes_on_with_the_teacher_whose_student_reads_best_and_pays_for
     # the candidates left are counted in the shared cost
     lineage = {role: {"url": r.url, "hash": r.hash, "kind": r.kind} for role, r in refs.items()}
     without = {k: v for k, v in lineage.items() if k != "teacher_choice"}
-    left = sum(f for s, f in record["candidate_flops"].items() if int(s) != record["chosen_seed"])
+    left_flops = sum(f for s, f in record["candidate_flops"].items() if int(s) != record["chosen_seed"])
     extra = shared_flops(lineage) - shared_flops(without)
-    assert left > 0 and extra > left  # the candidate left, plus every candidate's held-out check
+    assert left_flops > 0 and extra > left_flops  # the candidate left, plus every candidate's held-out check
     assert extra == read_manifest(refs["teacher_choice"].url).stats["selection_flops"]
     section = teacher_choice_section(lineage)
     assert "## Teacher choice" in section and section.count("| yes |") == 1
+
+    # experiments/compare_teachers.py scores recorded experiments' teachers the same way (here: the same choice)
+    records = tmp_path / "records"
+    records.mkdir()
+    for seed, urls in record["candidates"].items():
+        artifacts = {role: Path(urls[kind]).name.split("-")[1]
+                     for role, kind in (("teacher", "teacher"), ("labels", "labels"), ("gru/smt", "rnn"))}
+        config = {"variants": [GRU.model_dump()]}
+        (records / f"seed{seed}.json").write_text(json.dumps({"artifacts": artifacts, "config": config}))
+    assert candidates_from_records(["seed0", "seed1"], str(tmp_path), records) == record["candidates"]
+    capsys.readouterr()  # drop the runs' logs
+    compare_teachers(["seed0", "seed1"], root=str(tmp_path), sequences=CHOICE.sequences, seq_len=DMT_CFG.rollout_len,
+                     records=records)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3, lines
+    assert lines[int(kept)].endswith("(kept)") and not lines[int(left)].endswith("(kept)")
+    assert f"{record['held_out_bits'][kept]:.4f} bits" in lines[int(kept)]
 
 
 def _rng() -> np.random.Generator:
