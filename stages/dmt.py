@@ -22,7 +22,7 @@ from models.compiled import compile_blocks, compiled_update
 from schemas.config import DMTConfig
 from schemas.layout import SPLIT_TRAIN
 from stages.distill import open_store_for, reader_device
-from store.artifacts import CHECKPOINT_DIR, ArtifactError, ArtifactRef, artifact_url, is_complete, require_parent
+from store.artifacts import CHECKPOINT_DIR, ArtifactError, ArtifactRef, is_complete, require_parent
 from store.checkpoints import Checkpoints
 from store.crops import DocumentCrops, unseen_train_documents
 from store.labels import LabelStore, Trajectories
@@ -131,7 +131,7 @@ def held_out_selection(rnn: torch.nn.Module, store: LabelStore, cfg: DMTConfig, 
     """`keep_best`'s checks: the readout loss from the RNN's own memory (as the evaluation reads it, from the
     initial memory) on a fixed batch of train documents the label store has no window of. Never stops early."""
     assert cfg.keep_best is not None
-    tokens_url = artifact_url(store.url.rstrip("/").rsplit("/", 1)[0], "tokens", store.tokens_hash)
+    tokens_url = store.tokens_url
     try:
         tokens = TokensArtifact.open(tokens_url)
     except ArtifactError as err:

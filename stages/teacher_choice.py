@@ -16,14 +16,15 @@ import math
 import numpy as np
 import torch
 
-from schemas.config import RNNConfig, TeacherChoiceConfig, TeacherModelConfig
+from schemas.config import TeacherChoiceConfig
 from schemas.layout import SPLIT_TRAIN
-from store.artifacts import ArtifactError, ArtifactRef, artifact_url, is_complete, publish_manifest, read_manifest
+from schemas.manifest import Manifest
+from store.artifacts import ArtifactError, ArtifactRef, is_complete, publish_manifest, read_manifest
 from store.crops import DocumentCrops, unseen_train_documents
 from store.labels import LabelStore
 from store.locks import one_writer
 from store.plans import plan_teacher_choice
-from store.rnn import RNN_JSON, load_rnn
+from store.rnn import load_rnn
 from store.teacher import recorded_train_flops, teacher_config
 from store.tokens import TokensArtifact
 from store.weights import load_json, save_json
@@ -32,7 +33,6 @@ from training.flops import check_flops, label_flops
 from training.steps import bptt_step_loss
 
 CHOICE_FILE = "choice.json"
-SEQ_LEN_DEFAULT = "dmt.rollout_len"  # what the graph fills in for `seq_len: null` (flows/graph.py)
 
 
 @one_writer(plan_teacher_choice)
@@ -43,7 +43,7 @@ def teacher_choice_stage(candidates: dict[str, dict[str, str]], cfg: TeacherChoi
     if is_complete(ref.url):
         return ref
     if cfg.seq_len is None:
-        raise ValueError(f"teacher_choice.seq_len must be resolved before the stage runs (default: {SEQ_LEN_DEFAULT})")
+        raise ValueError("teacher_choice.seq_len must be set before the stage runs (the graph uses dmt.rollout_len)")
     stores = {seed: LabelStore.open(urls["labels"]) for seed, urls in candidates.items()}
     tokens = _shared_tokens(stores)
     seen = np.concatenate([s.index.column("doc_id").to_numpy() for s in stores.values()])
@@ -57,13 +57,12 @@ def teacher_choice_stage(candidates: dict[str, dict[str, str]], cfg: TeacherChoi
     bits, cost, seconds, checks = {}, {}, {}, 0
     for seed, urls in sorted(candidates.items(), key=lambda kv: int(kv[0])):
         rnn, rnn_manifest = load_rnn(urls["rnn"])
+        teacher = read_manifest(urls["teacher"], "teacher")
         with torch.no_grad():
             bits[seed] = float(bptt_step_loss(rnn, x_t, y_t)["loss"]) / math.log(2)
-        cost[seed] = _candidate_flops(urls, rnn_manifest.stats)
-        seconds[seed] = _candidate_seconds(urls, rnn_manifest.stats)
-        recipe = load_json(f"{urls['rnn'].rstrip('/')}/{RNN_JSON}")
-        checks += check_flops(RNNConfig.model_validate(recipe["variant"]),
-                              TeacherModelConfig.model_validate(recipe["teacher_model"]), cfg.sequences, cfg.seq_len)
+        cost[seed] = _candidate_flops(teacher, stores[seed].manifest, rnn_manifest.stats)
+        seconds[seed] = _candidate_seconds(teacher, stores[seed].manifest, rnn_manifest.stats)
+        checks += check_flops(rnn.cfg, teacher_config(teacher).model, cfg.sequences, cfg.seq_len)
     chosen = min(bits, key=lambda s: (bits[s], int(s)))
     selection = sum(f for s, f in cost.items() if s != chosen) + checks
     save_json(ref.join(CHOICE_FILE), {
@@ -71,7 +70,7 @@ def teacher_choice_stage(candidates: dict[str, dict[str, str]], cfg: TeacherChoi
         "candidate_seconds": seconds,
         "held_out": f"{cfg.sequences} crops of {cfg.seq_len} tokens from {unseen.size} unseen train documents",
     })
-    publish_manifest(ref, ref.config or {}, ref.parents or {}, counts={"candidates": len(candidates)},
+    publish_manifest(ref, ref.config, ref.parents, counts={"candidates": len(candidates)},
                      stats={"chosen_seed": int(chosen), "held_out_bits": bits, "selection_flops": selection})
     return ref
 
@@ -90,21 +89,17 @@ def _shared_tokens(stores: dict[str, LabelStore]) -> TokensArtifact:
     hashes = {s.tokens_hash for s in stores.values()}
     if len(hashes) != 1:
         raise ArtifactError(f"teacher_choice candidates were labelled from different tokens: {sorted(hashes)}")
-    store = next(iter(stores.values()))
-    return TokensArtifact.open(artifact_url(store.url.rstrip("/").rsplit("/", 1)[0], "tokens", store.tokens_hash))
+    return TokensArtifact.open(next(iter(stores.values())).tokens_url)
 
 
-def _candidate_seconds(urls: dict[str, str], rnn_stats: dict) -> float:
+def _candidate_seconds(teacher: Manifest, labels: Manifest, rnn_stats: dict) -> float:
     """The recorded training and encoding time of a candidate's teacher (its own steps), label job and student."""
-    teacher = read_manifest(urls["teacher"], "teacher").stats.get("seconds", 0.0)
-    labels = read_manifest(urls["labels"], "labels").stats.get("encode_seconds", 0.0)
-    return round(float(teacher) + float(labels) + float(rnn_stats.get("seconds", 0.0)), 1)
+    spent = (teacher.stats.get("seconds", 0.0), labels.stats.get("encode_seconds", 0.0), rnn_stats.get("seconds", 0.0))
+    return round(sum(float(s) for s in spent), 1)
 
 
-def _candidate_flops(urls: dict[str, str], rnn_stats: dict) -> int:
+def _candidate_flops(teacher: Manifest, labels: Manifest, rnn_stats: dict) -> int:
     """A candidate's teacher (less the `init_from` teacher every candidate starts from), label job and student."""
-    teacher = read_manifest(urls["teacher"], "teacher")
     own = recorded_train_flops(teacher) - int(teacher.stats.get("init_flops", 0))
-    labels = read_manifest(urls["labels"], "labels")
     return (own + label_flops(teacher_config(teacher).model, int(labels.counts["labels"]))
             + int(rnn_stats.get("train_flops", 0)))

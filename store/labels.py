@@ -37,7 +37,7 @@ from schemas.layout import (
     ZARR_GROUP,
 )
 from schemas.manifest import Manifest, sha256_bytes
-from store.artifacts import ArtifactError, ArtifactRef, read_bytes, read_manifest
+from store.artifacts import ArtifactError, ArtifactRef, artifact_url, read_bytes, read_manifest
 from store.integrity import IntegrityError, open_verified_group, relative_checksums, verify_reads
 from store.label_batches import (
     LoadShards,
@@ -138,6 +138,11 @@ class LabelStore:
     @property
     def tokens_hash(self) -> str:
         return self.manifest.parents["tokens"]
+
+    @property
+    def tokens_url(self) -> str:
+        """The tokens artifact it was made from, under the same root (where the pipeline puts it)."""
+        return artifact_url(self.url.rstrip("/").rsplit("/", 1)[0], "tokens", self.tokens_hash)
 
     @property
     def Z(self) -> int:  # noqa: N802 - the paper's names
