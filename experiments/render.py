@@ -83,7 +83,8 @@ def choice_line(record: dict[str, Any]) -> str:
     return (f"Teacher chosen without test data (`teacher_choice`): the first student's read loss from its own memory "
             f"on unseen train documents, bits per scored token ({scores}); kept seed {choice['chosen_seed']}. The "
             f"candidates left and the checks cost {choice['selection_flops'] / 1e12:.3g} TFLOP, in the shared cost "
-            "below.\n")
+            f"below, and {choice['left_seconds']:g} s of recorded training and encoding, not in the wall clock "
+            "above.\n")
 
 
 def compute_table(record: dict[str, Any]) -> str:

@@ -91,7 +91,7 @@ def run_experiment(cfg: PipelineConfig, config_path: str) -> tuple[dict[str, Any
         "wall_clock_s": round(seconds, 1),  # this invocation only: re-used artifacts cost it nothing
         "stage_seconds": {role: t for role, s in stats.items() if (t := recorded_seconds(s)) is not None},
         "teacher": {k: stats["teacher"][k] for k in TEACHER_STATS if k in stats["teacher"]},
-        **({"teacher_choice": stats["teacher_choice"]} if "teacher_choice" in stats else {}),
+        **({"teacher_choice": choice_summary(refs["teacher_choice"].url)} if "teacher_choice" in refs else {}),
         "summary": summary,
         "across_seeds": seed_rows(summary),
         "compute": compute_rows(lineage),
@@ -100,6 +100,17 @@ def run_experiment(cfg: PipelineConfig, config_path: str) -> tuple[dict[str, Any
         "artifacts": {role: ref.hash[:16] for role, ref in refs.items()},
     }
     return record, report_url
+
+
+def choice_summary(url: str) -> dict[str, Any]:
+    """teacher_choice's stats, plus the recorded seconds of the candidates it left: they are not among the
+    stages whose seconds the record sums, so the results page states them beside the choice."""
+    from stages.teacher_choice import choice_record
+    from store.artifacts import read_manifest
+
+    record = choice_record(url)
+    left = sum(t for seed, t in record["candidate_seconds"].items() if int(seed) != record["chosen_seed"])
+    return {**read_manifest(url, "teacher_choice").stats, "left_seconds": round(left, 1)}
 
 
 def recorded_seconds(stats: dict[str, Any]) -> float | None:

@@ -42,6 +42,7 @@ def test_experiment_smoke_runs_and_renders(config: Path, tmp_path: Path, one_thr
     if record["config"].get("teacher_choice"):  # the choice is recorded and shown
         assert record["teacher_choice"]["chosen_seed"] in record["config"]["teacher_choice"]["seeds"]
         assert "Teacher chosen without test data" in page
+        assert record["teacher_choice"]["left_seconds"] > 0 and "not in the wall clock above" in page
     for figure in record["figures"]:
         assert (out / figure).stat().st_size > 0
 
