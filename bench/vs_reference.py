@@ -10,7 +10,9 @@ GFLOP/s they ran at, beside a plain fp32 matmul's on the same threads, so a rati
 or "FLOPs run faster", and a target above what the matmul allows shows as such.
 
 Figures (every training figure is a full optimiser step: forward, backward, AdamW):
-  teacher_step  teacher + updater trained jointly (reference `forward_smt`; ours `teacher_step_loss`)
+  teacher_step  teacher + updater trained jointly (reference `forward_smt`; ours `teacher_step_loss`); with
+                --chain C ours takes its batch as batch/C crops of C consecutive transitions (`teacher.chain`),
+                C+1 encodes per C transitions where the reference (and C=1) encodes 2 per transition
   smt_step      the RNN regressing labels: the reference re-encodes both memories with its frozen teacher
                 every step (`forward_smt`'s L_dyn alone, no grad into the teacher); ours reads labels made
                 once (in memory here; their cost is the `encoder` figure, paid once per store)
@@ -50,7 +52,14 @@ import torch  # noqa: E402
 
 from bench.bench_train import compile_as_training, cpu_name, interleaved_rates, timed  # noqa: E402
 from models.build import build_rnn, build_teacher  # noqa: E402
-from schemas.config import DMTConfig, OptimConfig, RNNConfig, TeacherModelConfig, TeacherTrainConfig  # noqa: E402
+from schemas.config import (  # noqa: E402
+    DMTConfig,
+    OptimConfig,
+    RNNConfig,
+    RunConfig,
+    TeacherModelConfig,
+    TeacherTrainConfig,
+)
 from training.loop import autocast, build_optimizer, resolve_device  # noqa: E402
 from training.steps import bptt_step_loss, dmt_step_loss, smt_step_loss, teacher_step_loss  # noqa: E402
 
@@ -99,6 +108,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         "against the reference as it runs, fp32)")
     p.add_argument("--mlp", choices=["swiglu", "gelu"], default=None,
                    help="our block MLP (default: the config's default); gelu has the reference's FLOPs")
+    p.add_argument("--chain", type=int, default=1,
+                   help="teacher_step: our transitions in chains of this many per crop (teacher.chain)")
     return p.parse_args(argv)
 
 
@@ -160,8 +171,9 @@ def optimiser_step(params: list, loss: Callable[[], torch.Tensor]) -> Callable[[
 class Sides:
     """Both implementations built at one size, with the inputs every figure shares."""
 
-    def __init__(self, ref, s: Size, device: torch.device, mlp: str | None, compile: bool = False) -> None:
-        self.ref, self.s, self.device = ref, s, device
+    def __init__(self, ref, s: Size, device: torch.device, mlp: str | None, compile: bool = False,
+                 chain: int = 1) -> None:
+        self.ref, self.s, self.device, self.chain = ref, s, device, chain
         torch.manual_seed(0)
         z = s.K * s.D
         self.ref_teacher = ref.Teacher(ref.TeacherConfig(
@@ -206,10 +218,14 @@ class Sides:
         batch = {"x": x[:, : s.Tc + s.Tf], "y": y[:, : s.Tc + s.Tf]}
         ref_call = optimiser_step([*self.ref_teacher.parameters(), *self.ref_rnn.parameters()],
                                   lambda: ref.forward_smt(self.ref_rnn, self.ref_teacher, batch, cfg)["loss"])
-        ours_cfg = TeacherTrainConfig(model=self.model, updater=self.variant)
-        anchors = torch.full((s.batch,), s.Tc - 1, device=self.device)  # full windows, as the reference's
+        ours_cfg = TeacherTrainConfig(model=self.model, updater=self.variant, chain=self.chain,
+                                      run=RunConfig(batch_size=s.batch))
+        crops = s.batch // self.chain  # the same s.batch transitions, `chain` of them per crop
+        xc = self.tokens(crops, s.Tc + s.Tf + self.chain)
+        yc = xc.roll(-1, 1)
+        anchors = torch.full((crops,), s.Tc - 1, device=self.device)  # full windows, as the reference's
         ours = optimiser_step([*self.teacher.parameters(), *self.rnn.updater_parameters()],
-                              lambda: teacher_step_loss(self.teacher, self.rnn, x, y, ours_cfg, anchors=anchors)[
+                              lambda: teacher_step_loss(self.teacher, self.rnn, xc, yc, ours_cfg, anchors=anchors)[
                                   "loss"])
         return ref_call, ours, s.batch, "transitions/s"
 
@@ -308,7 +324,9 @@ def main(argv: list[str] | None = None) -> dict:
     if device.type == "cpu":
         torch.set_num_threads(a.threads)
     ref = import_reference(a.reference_src)
-    sides = Sides(ref, SIZES[a.size], device, a.mlp, a.compile)
+    if SIZES[a.size].batch % a.chain:
+        raise SystemExit(f"--chain {a.chain} must divide the batch ({SIZES[a.size].batch})")
+    sides = Sides(ref, SIZES[a.size], device, a.mlp, a.compile, a.chain)
     report: dict = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "threads": torch.get_num_threads(),
@@ -318,6 +336,7 @@ def main(argv: list[str] | None = None) -> dict:
         "sizes": vars(SIZES[a.size]),
         "mlp": sides.model.mlp,
         "compile": a.compile,
+        "chain": a.chain,
         "bf16": a.bf16,
         "parameters": sides.parameters(),
         "matmul_gflops": round(matmul_gflops(device), 1),

@@ -188,7 +188,7 @@ class TokensConfig(StrictModel):
 class TeacherTrainConfig(StrictModel):
     """Teacher training: joint L_dec + L_dyn + L_unif with a reference Transformer updater."""
 
-    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"anchors", "init_from"})
+    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"anchors", "init_from", "chain"})
 
     model: TeacherModelConfig = Field(default_factory=TeacherModelConfig, description="teacher shape")
     updater: RNNConfig = Field(default_factory=RNNConfig, description="reference updater for L_dyn")
@@ -204,12 +204,26 @@ class TeacherTrainConfig(StrictModel):
         "uniform", description="where m_t is taken: any position, or up to future_len-1 before a scored target "
         "(sparse tasks such as retrieval: uniform anchors rarely put the answer in the decoder's future)",
     )
+    chain: int = Field(
+        1, ge=1, description="consecutive anchors per crop: `run.batch_size` transitions come from batch_size/chain "
+        "crops, and a chain of c transitions encodes c+1 windows instead of 2c (each inner memory is one "
+        "transition's target and the next one's start), so the encoder, most of a step, does (c+1)/2c of the work; "
+        "the transitions of a chain are neighbours, not independent draws",
+    )
     init_from: str | None = Field(
         None, description="start from this teacher artifact's weights (teacher and reference updater): a URL, or a "
         "name under the run root such as teacher-<hash16>. Same shapes required; context_len and future_len may "
         "differ, so a teacher trained on short sequences starts one for longer ones (a curriculum over lengths). "
         "Its cost is counted in this teacher's train_flops",
     )
+
+
+    @model_validator(mode="after")
+    def _whole_chains(self) -> TeacherTrainConfig:
+        if self.run.batch_size % self.chain:
+            raise ValueError(f"teacher.run.batch_size ({self.run.batch_size}) counts transitions and must be a "
+                             f"multiple of teacher.chain ({self.chain})")
+        return self
 
 
 class LabelSpec(StrictModel):

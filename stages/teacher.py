@@ -53,8 +53,9 @@ def teacher_stage(tokens_url: str, cfg: TeacherTrainConfig, root: str) -> Artifa
 
     Content-addressed: an existing complete artifact is returned without work. An unfinished one is
     resumed from its `_checkpoint/` (a killed run continues where its last checkpoint left off).
-    Each step reads `run.batch_size` crops of Tc+Tf+1 tokens from train documents, anchored so that
-    the memory m_t sees a full context (left-padded only at a real document start).
+    Each step reads `run.batch_size / chain` crops of Tc+Tf+chain tokens from train documents, anchored so
+    that the memory m_t sees a full context (left-padded only at a real document start), and trains on
+    `run.batch_size` transitions (`chain` consecutive ones per crop).
     """
     tokens_ref, _ = open_artifact(tokens_url, "tokens")
     ref = plan_teacher(tokens_url=tokens_url, cfg=cfg, root=root)  # the flow's cache key, same address
@@ -91,12 +92,12 @@ def teacher_stage(tokens_url: str, cfg: TeacherTrainConfig, root: str) -> Artifa
     def batches(start_step: int) -> Prefetcher:
         def source() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             rng = np.random.default_rng(rank_seed(cfg.run.seed, ctx.rank, "teacher-data", start_step))
+            crops, after = cfg.run.batch_size // cfg.chain, mc.future_len + cfg.chain
             while True:
                 if cfg.anchors == "scored":
-                    x, y = train.near_scored(rng, cfg.run.batch_size, mc.context_len - 1, mc.future_len + 1,
-                                             mc.future_len)
+                    x, y = train.near_scored(rng, crops, mc.context_len - 1, after, mc.future_len, cfg.chain)
                 else:
-                    x, y = train.anchored(rng, cfg.run.batch_size, mc.context_len - 1, mc.future_len + 1)
+                    x, y = train.anchored(rng, crops, mc.context_len - 1, after, cfg.chain)
                 yield torch.from_numpy(x), torch.from_numpy(y)
 
         return Prefetcher(source, pin_memory=device.type == "cuda")

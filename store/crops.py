@@ -45,11 +45,15 @@ class DocumentCrops:
         y = np.where(valid, self.y[flat], -1).astype(np.int64)
         return x, y
 
-    def anchored(self, rng: np.random.Generator, batch: int, before: int, after: int) -> tuple[np.ndarray, np.ndarray]:
+    def anchored(
+        self, rng: np.random.Generator, batch: int, before: int, after: int, chain: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Crops x[a-before .. a+after] (B, before+1+after) around anchors a drawn uniformly among all
         positions, so the anchor sits at index `before` with its full left context (left-padded only
         at a real document start, exactly like stored labels). The last position is included: tasks
-        that score the final token need the readout trained there (L_dyn masks its missing next token)."""
+        that score the final token need the readout trained there (L_dyn masks its missing next token).
+        With `chain` > 1, a is the first of `chain` consecutive anchors, kept where the last one still
+        lies inside the document (documents shorter than the chain excepted)."""
         weights = self.lengths.astype(np.float64)
         if weights.sum() == 0:
             weights = np.ones_like(weights)
@@ -57,16 +61,17 @@ class DocumentCrops:
         u = rng.random(batch) * cum[-1]
         docs = np.minimum(np.searchsorted(cum, u, side="right"), self.num_docs - 1)
         local = np.floor(u - (cum[docs] - weights[docs])).astype(np.int64)
-        anchors = np.clip(local, 0, np.maximum(self.lengths[docs] - 1, 0))
+        anchors = np.clip(local, 0, np.maximum(self.lengths[docs] - chain, 0))
         return self._gather(docs, anchors - before, before + 1 + after)
 
     def near_scored(
-        self, rng: np.random.Generator, batch: int, before: int, after: int, window: int
+        self, rng: np.random.Generator, batch: int, before: int, after: int, window: int, chain: int = 1
     ) -> tuple[np.ndarray, np.ndarray]:
         """Like `anchored`, but each anchor lies up to `window - 1` positions before a scored target (drawn
         uniformly among the split's scored positions), so the decoder's future of `window` tokens always
         holds something to score. Meant for sparse tasks (retrieval scores one token in 64): with uniform
-        anchors most steps teach the decoder nothing. Indexes every scored position once (int64 each)."""
+        anchors most steps teach the decoder nothing. Indexes every scored position once (int64 each).
+        With `chain` > 1 the chain's last anchor is kept inside the document, as in `anchored`."""
         if self._scored is None:
             self._scored = self._scored_positions()
         docs, positions = self._scored
@@ -75,6 +80,8 @@ class DocumentCrops:
         pick = rng.integers(0, docs.size, size=batch)
         back = rng.integers(0, max(window, 1), size=batch)
         anchors = np.maximum(positions[pick] - back, 0)
+        if chain > 1:
+            anchors = np.clip(anchors, 0, np.maximum(self.lengths[docs[pick]] - chain, 0))
         return self._gather(docs[pick], anchors - before, before + 1 + after)
 
     def _scored_positions(self) -> tuple[np.ndarray, np.ndarray]:

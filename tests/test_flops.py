@@ -66,6 +66,24 @@ def test_counts_follow_the_shapes() -> None:
     assert count(DISTILL_CFG.model_copy(update={"readout_weight": 0.0})) < count(DISTILL_CFG)
 
 
+def test_a_chain_of_anchors_saves_exactly_the_encoder_passes_it_shares() -> None:
+    """teacher.chain c encodes c+1 windows per c transitions instead of 2c; nothing else changes per
+    transition (the uniformity sample held at its minimum), so the counted step shrinks by the encodes saved."""
+    from schemas.config import RunConfig, TeacherTrainConfig
+
+    model = TINY_MODEL.model_copy(update={"future_len": 4})
+    def step(chain: int) -> int:
+        return flops.teacher_step_flops(TeacherTrainConfig(model=model, chain=chain, unif_samples=2,
+                                                           run=RunConfig(batch_size=12)))
+
+    teacher = flops.build_teacher(model)
+    x = torch.zeros(1, model.context_len, dtype=torch.long)
+    window = flops.count_flops(lambda: teacher.encode(x).sum())  # one window, forward and backward
+    for chain in (2, 3):
+        saved = 12 * 2 - 12 // chain * (chain + 1)
+        assert step(1) - step(chain) == pytest.approx(saved * window, rel=1e-3)
+
+
 def test_flops_budget_gives_bptt_the_students_work() -> None:
     cfg = PipelineConfig(
         teacher={"model": TINY_MODEL.model_dump()}, variants=[GRU.model_dump()],

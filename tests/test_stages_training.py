@@ -316,6 +316,19 @@ def test_a_teacher_started_from_another_loads_its_weights_and_counts_its_cost(ch
         teacher_stage(chain.tokens.url, cfg.model_copy(update={"init_from": "teacher-0000000000000000"}), chain.root)
 
 
+def test_a_chained_teacher_trains_on_its_transitions_and_counts_fewer_flops(chain: Chain) -> None:
+    """teacher.chain: the stage reads batch_size/chain crops long enough for the chain, counts the chain's
+    FLOPs, and lives at another address than the unchained teacher (which keeps its own)."""
+    from training.flops import teacher_step_flops
+
+    cfg = TEACHER_CFG.model_copy(update={"chain": 4, "run": TEACHER_CFG.run.model_copy(update={"steps": 3})})
+    ref = teacher_stage(chain.tokens.url, cfg, chain.root)
+    assert ref.hash != chain.teacher.hash
+    stats = read_manifest(ref.url, "teacher").stats
+    assert stats["train_flops"] == 3 * teacher_step_flops(cfg) < 3 * teacher_step_flops(TEACHER_CFG)
+    assert np.isfinite(stats["test_dec0_bits"])
+
+
 def test_unigram_bits() -> None:
     assert unigram_bits(np.array([0, 1, 2, 3, -1, -1])) == pytest.approx(2.0)
     assert unigram_bits(np.array([5, 5, 5, -1])) == 0.0

@@ -9,11 +9,12 @@ from _tiny import tiny_teacher
 
 from models.build import build_rnn, build_teacher
 from models.rnn import RNN
-from schemas.config import DMTConfig, RNNConfig, TeacherTrainConfig
+from schemas.config import DMTConfig, RNNConfig, RunConfig, TeacherTrainConfig
 from training.losses import decoding_loss, dynamics_loss, masked_cross_entropy, uniformity_loss
 from training.steps import (
     bptt_step_loss,
     dmt_step_loss,
+    sample_anchors,
     smt_all_positions_loss,
     smt_step_loss,
     teacher_step_loss,
@@ -117,6 +118,42 @@ def test_teacher_step_matches_a_hand_computation(models):
     torch.testing.assert_close(out["dec0"], dec0)
     torch.testing.assert_close(out["dyn"], dyn)
     torch.testing.assert_close(out["loss"], dec + 0.1 * dyn)
+
+
+def test_a_chain_of_anchors_gives_the_losses_and_gradients_of_its_transitions_taken_one_by_one(models):
+    """teacher.chain shares the inner memories of consecutive transitions; the objective must not change:
+    chained anchors t .. t+c-1 score exactly what c unchained copies of the sequence anchored there do."""
+    teacher, updater = models
+    chain = 3
+    x, y = tokens(2, 12)
+    x[1, 7:] = -1  # the second chain's last transition runs past its sequence's end: masked alike
+    y[1, 6:] = -1
+    start = torch.tensor([0, 4])
+    every = dict(model=TCFG, unif_samples=10_000)  # no subsampling: the same tokens on both sides
+    chained = teacher_step_loss(teacher, updater, x, y, TeacherTrainConfig(**every, chain=chain,
+                                run=RunConfig(batch_size=2 * chain)), anchors=start)
+    one_by_one = teacher_step_loss(
+        teacher, updater, x.repeat_interleave(chain, 0), y.repeat_interleave(chain, 0),
+        TeacherTrainConfig(**every), anchors=(start[:, None] + torch.arange(chain)).flatten(),
+    )
+    for name in ("dec", "dec0", "dyn", "unif", "loss"):
+        torch.testing.assert_close(chained[name], one_by_one[name], rtol=1e-5, atol=1e-6)
+    params = [*teacher.parameters(), *updater.updater_parameters()]
+    for a, b in zip(grads(chained["loss"], params), grads(one_by_one["loss"], params), strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_chained_anchors_stay_inside_short_sequences():
+    x = torch.full((300, 10), -1)
+    x[:, :6] = 1  # six real tokens each
+    t = sample_anchors(x, torch.Generator().manual_seed(0), chain=4)
+    counts = torch.bincount(t, minlength=3)
+    assert counts.numel() == 3  # the chain's last anchor t+3 <= 5
+    assert counts.min() > 60 and counts.max() < 140  # the 3 possible starts drawn alike (100 each expected)
+    with pytest.raises(ValueError, match="multiple of teacher.chain"):
+        TeacherTrainConfig(model=TCFG, chain=3, run=RunConfig(batch_size=8))
 
 
 def test_teacher_dynamics_gradient_reaches_encoder_through_the_target_memory(models):
@@ -335,6 +372,24 @@ def test_scored_anchors_put_a_scored_target_in_the_decoders_future(tmp_path):
     assert set(offsets.tolist()) == set(range(window))  # the answer at j = 0 (memory only) and later
     _, y_uniform = crops.anchored(np.random.default_rng(0), 3000, before, window + 1)
     assert ((y_uniform[:, before : before + window] >= 0).sum(1) == 0).mean() > 0.5  # why: most miss it
+
+
+def test_chained_crops_keep_the_whole_chain_inside_the_document(tmp_path):
+    """teacher.chain: the crop samplers put the chain's last anchor on a real token, uniform or scored."""
+    import numpy as np
+
+    from schemas.config import TokensConfig
+    from store.crops import DocumentCrops
+    from store.tokens import TokensArtifact, build_tokens_artifact
+
+    cfg = TokensConfig(source="synthetic", task="retrieval", task_params={"length": 32, "vocab": 4}, num_docs=64)
+    crops = DocumentCrops(TokensArtifact.open(build_tokens_artifact(cfg, str(tmp_path)).url), "train")
+    before, chain, window = 7, 4, 5
+    for x, _ in (crops.anchored(np.random.default_rng(0), 3000, before, window + chain, chain),
+                 crops.near_scored(np.random.default_rng(0), 3000, before, window + chain, window, chain)):
+        assert (x[:, before + chain - 1] >= 0).all()
+    unchained, _ = crops.anchored(np.random.default_rng(0), 3000, before, window + chain)
+    assert (unchained[:, before + chain - 1] < 0).any()  # why: without the bound some chains run off the end
 
 
 def test_dmt_updater_gets_gradient_under_bf16_autocast(models):

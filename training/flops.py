@@ -147,18 +147,18 @@ COUNT_BATCH = 2  # the teacher is counted on the CPU (its padding trim reads dat
 
 
 def teacher_step_flops(cfg: TeacherTrainConfig) -> int:
-    """One teacher step (encoder twice per anchor, decoder, reference updater, backward) at the
-    configured batch. The encoder trims padding by reading its input, which the meta device cannot, so
-    this one runs on the CPU at COUNT_BATCH full-context sequences and scales linearly (an upper bound:
+    """One teacher step (encoder chain+1 times per chain of anchors, decoder, reference updater, backward)
+    at the configured batch. The encoder trims padding by reading its input, which the meta device cannot,
+    so this one runs on the CPU at COUNT_BATCH full-context crops and scales linearly (an upper bound:
     real crops near a document's start are padded and cost less)."""
     mc = cfg.model
     with seeded_init(0):  # real weights, but the global generator is left as it was
         teacher = build_teacher(mc)
         updater = build_rnn(cfg.updater, mc, teacher)
-    x = torch.zeros(COUNT_BATCH, mc.context_len + mc.future_len + 1, dtype=torch.long)
+    x = torch.zeros(COUNT_BATCH, mc.context_len + mc.future_len + cfg.chain, dtype=torch.long)
     anchors = torch.full((COUNT_BATCH,), mc.context_len - 1, dtype=torch.long)
     small = count_flops(lambda: teacher_step_loss(teacher, updater, x, x, cfg, anchors=anchors)["loss"])
-    return small * cfg.run.batch_size // COUNT_BATCH
+    return small * cfg.run.batch_size // (COUNT_BATCH * cfg.chain)
 
 
 def teacher_training_flops(cfg: TeacherTrainConfig) -> int:

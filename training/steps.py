@@ -19,17 +19,19 @@ from training.losses import decoding_loss, dynamics_loss, masked_cross_entropy, 
 from training.windows import context_windows, encode_positions, future_slices, gather_span
 
 
-def sample_anchors(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def sample_anchors(x: Tensor, generator: torch.Generator | None = None, chain: int = 1) -> Tensor:
     """One anchor t per sequence, uniform over all real positions: x (B, T) -> (B,) long.
 
     Sequences are right-padded with -1; a sequence of length n gets t in [0, n-1]. The last position
     is included on purpose: tasks that score the final token (retrieval's answer) need the readout
     trained on the memory after it; there is no next token there, so L_dyn masks that row out.
+    With `chain` > 1, t is the first of `chain` consecutive anchors, kept to [0, n-chain] so the chain
+    stays inside the sequence where it can.
     """
     lengths = (x >= 0).sum(dim=1)
     device = generator.device if generator is not None else torch.device("cpu")
     u = torch.rand(x.shape[0], generator=generator, device=device).to(x.device)
-    return (u * lengths.clamp(min=1)).long().clamp(max=(lengths - 1).clamp(min=0))
+    return (u * (lengths - chain + 1).clamp(min=1)).long().clamp(max=(lengths - chain).clamp(min=0))
 
 
 def teacher_step_loss(
@@ -43,18 +45,22 @@ def teacher_step_loss(
 ) -> dict[str, Tensor]:
     """Joint teacher objective dec_weight*L_dec + dyn_weight*L_dyn + unif_weight*L_unif.
 
-    x, y (B, T) long with -1 pads. One anchor t per sequence (sampled, or given as (B,)): m_t and m_{t+1}
-    are encoded in one batch from left-padded windows; L_dyn = MSE(updater.update(m_t, x_{t+1}), m_{t+1})
-    sends gradient into the encoder through both memories (Markov shaping) and into the updater.
+    x, y (B, T) long with -1 pads. Each sequence gives `cfg.chain` consecutive anchors t .. t+chain-1 (t
+    sampled, or given as (B,)), so B * chain transitions: their chain+1 memories m_t .. m_{t+chain} are
+    encoded in one batch from left-padded windows, each inner memory serving as the target of one
+    transition and the start of the next (chain+1 encodes per chain transitions instead of 2 per transition).
+    L_dyn = MSE(updater.update(m_s, x_{s+1}), m_{s+1}) sends gradient into the encoder through both
+    memories (Markov shaping) and into the updater; L_dec and L_unif read every m_s of a chain but its last.
     """
-    mc = cfg.model
-    t = sample_anchors(x, generator) if anchors is None else anchors
-    contexts = context_windows(x, torch.stack((t, t + 1), dim=1), mc.context_len)  # (B, 2, Tc)
-    memories = teacher.encode(contexts.flatten(0, 1)).view(x.shape[0], 2, -1)
-    m_t, m_next = memories[:, 0], memories[:, 1]
-    x_fut, y_fut = future_slices(x, y, t, mc.future_len)
-    dec, dec0 = decoding_loss(teacher.decode(m_t, x_fut), y_fut, cfg.gamma)
-    x_next = gather_span(x, t + 1, 1)[:, 0]
+    mc, chain = cfg.model, cfg.chain
+    t = sample_anchors(x, generator, chain) if anchors is None else anchors
+    ends = t[:, None] + torch.arange(chain + 1, device=t.device)  # (B, chain+1): every memory's last token
+    contexts = context_windows(x, ends, mc.context_len)  # (B, chain+1, Tc)
+    memories = teacher.encode(contexts.flatten(0, 1)).view(x.shape[0], chain + 1, -1)
+    m_t, m_next = memories[:, :-1].flatten(0, 1), memories[:, 1:].flatten(0, 1)  # (B*chain, Z) each
+    x_fut, y_fut = future_slices(x, y, ends[:, :-1], mc.future_len)
+    dec, dec0 = decoding_loss(teacher.decode(m_t, x_fut.flatten(0, 1)), y_fut.flatten(0, 1), cfg.gamma)
+    x_next = gather_span(x, t + 1, chain).flatten()
     dyn = dynamics_loss(updater.update(m_t, x_next), m_next, mask=x_next >= 0)
     unif = uniformity_loss(m_t, mc.memory_tokens, cfg.unif_samples, cfg.unif_t, generator)
     loss = cfg.dec_weight * dec + cfg.dyn_weight * dyn + cfg.unif_weight * unif
