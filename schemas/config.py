@@ -217,7 +217,6 @@ class TeacherTrainConfig(StrictModel):
         "Its cost is counted in this teacher's train_flops",
     )
 
-
     @model_validator(mode="after")
     def _whole_chains(self) -> TeacherTrainConfig:
         if self.run.batch_size % self.chain:

@@ -79,9 +79,7 @@ class DocumentCrops:
             raise ValueError(f"the '{self.split}' split has no scored targets to anchor near")
         pick = rng.integers(0, docs.size, size=batch)
         back = rng.integers(0, max(window, 1), size=batch)
-        anchors = np.maximum(positions[pick] - back, 0)
-        if chain > 1:
-            anchors = np.clip(anchors, 0, np.maximum(self.lengths[docs[pick]] - chain, 0))
+        anchors = np.minimum(np.maximum(positions[pick] - back, 0), np.maximum(self.lengths[docs[pick]] - chain, 0))
         return self._gather(docs[pick], anchors - before, before + 1 + after)
 
     def _scored_positions(self) -> tuple[np.ndarray, np.ndarray]:
