@@ -55,7 +55,8 @@ def _start_together(scripts: list[list[str]], delays: list[float], workdir: Path
     deadline = time.time() + 120
     while len(list(gate.glob("ready-*"))) < len(procs) and time.time() < deadline:
         time.sleep(0.05)
-    (gate / "go").write_text(str(time.time() + 0.2))
+    (gate / "go.tmp").write_text(str(time.time() + 0.2))
+    os.replace(gate / "go.tmp", gate / "go")  # atomic: a waiter never reads a created but still empty `go`
     return procs
 
 
