@@ -93,7 +93,8 @@ class Attention(nn.Module):
         causal: bool = False,
         queries: slice | None = None,
     ) -> Tensor:
-        """x (B, T, W); rope = rotary (cos, signed sin) tables (T, hd); key_mask (B, T) bool, True = visible.
+        """x (B, T, W); rope = rotary (cos, signed sin) tables (T, hd); key_mask (B, T) bool, True = visible,
+        or (B, T, T), one row of visible keys per query.
 
         `queries` computes the output for those rows only (every row still serves as key and value): the
         query projection runs on them alone. A causal block takes it only for its last row, which sees
@@ -116,7 +117,10 @@ class Attention(nn.Module):
             if causal and queries.indices(t)[:2] != (t - 1, t):
                 raise ValueError("a causal block computes only its last row alone (the others need the mask)")
             causal = False  # the last row sees every key: no mask needed
-        mask = None if key_mask is None else key_mask[:, None, None, :]
+        if key_mask is None or key_mask.dim() == 2:
+            mask = None if key_mask is None else key_mask[:, None, None, :]
+        else:  # (B, T, T): a row per query
+            mask = key_mask[:, None] if queries is None else key_mask[:, None, queries]
         y = attention(q, k, v, mask, causal)
         return self.out(y.transpose(1, 2).reshape(b, -1, w))
 

@@ -40,8 +40,18 @@ def trim_left_padding(x_ctx: Tensor) -> tuple[Tensor, bool]:
     return x_ctx[:, cut:], any_pad > (cut * x_ctx.shape[0])
 
 
+def causal_mask(key_mask: Tensor | None, b: int, t: int, device: torch.device) -> Tensor:
+    """(B, T, T) bool: row i sees the visible keys at or before i, and itself (a pad's row sees only itself,
+    so no row is empty; no real row sees a pad, so what pads compute reaches nothing)."""
+    own = torch.eye(t, dtype=torch.bool, device=device)
+    before = torch.ones(t, t, dtype=torch.bool, device=device).tril()
+    visible = before if key_mask is None else before & key_mask[:, None, :]
+    return (visible | own).expand(b, t, t)
+
+
 class Encoder(nn.Module):
-    """Bidirectional Transformer over `[embed(x_ctx) ; K registers]`; registers' outputs are the memory."""
+    """Transformer over `[embed(x_ctx) ; K registers]`; registers' outputs are the memory. Bidirectional, or
+    causal (`encoder_attention`): the registers come last, so they still see the whole context."""
 
     def __init__(self, cfg: TeacherModelConfig) -> None:
         super().__init__()
@@ -67,6 +77,8 @@ class Encoder(nn.Module):
         key_mask = None
         if padded:
             key_mask = torch.cat((x_ctx >= 0, torch.ones(b, k, dtype=torch.bool, device=x_ctx.device)), 1)
+        if self.cfg.encoder_attention == "causal":
+            key_mask = causal_mask(key_mask, b, tc + k, x_ctx.device)
         out = self.stack(h, -tc, key_mask, keep=slice(tc, None))
         m = rms_normalize(self.proj(out).float())
         if self.cfg.fsq_step is not None:

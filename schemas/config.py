@@ -46,12 +46,15 @@ MLPKind = Literal[tuple(BLOCK_MLPS)]  # type: ignore[valid-type]  # schemas/regi
 class TeacherModelConfig(StrictModel):
     """Shape of the Transformer encoder-decoder teacher (docs/method.md section 3)."""
 
-    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"mlp"})
+    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"mlp", "encoder_attention"})
 
     vocab_size: int = Field(256, ge=2, description="token vocabulary V; tokens are ints in [0, V)")
     width: int = Field(256, ge=8, description="Transformer width of encoder and decoder")
     heads: int = Field(8, ge=1, description="attention heads")
-    encoder_depth: int = Field(8, ge=1, description="bidirectional encoder blocks")
+    encoder_depth: int = Field(8, ge=1, description="encoder blocks")
+    encoder_attention: Literal["bidirectional", "causal"] = Field(
+        "bidirectional", description="bidirectional (the method's encoder), or causal: each context token sees "
+        "the ones before it, the registers see the whole context")
     decoder_depth: int = Field(4, ge=1, description="causal decoder blocks")
     mlp_ratio: int = Field(4, ge=1, description="hidden size of block MLPs as a multiple of width")
     mlp: MLPKind = Field("swiglu", description="block MLP: swiglu (gated), or gelu (the reference's, 2/3 the FLOPs)")
@@ -200,9 +203,10 @@ class TeacherTrainConfig(StrictModel):
     gamma: float = Field(1.0, gt=0, le=1, description="future position j weighted by gamma**j")
     unif_t: float = Field(2.0, gt=0, description="temperature t of the uniformity loss")
     unif_samples: int = Field(512, ge=2, description="memory tokens sampled for L_unif")
-    anchors: Literal["uniform", "scored"] = Field(
-        "uniform", description="where m_t is taken: any position, or up to future_len-1 before a scored target "
-        "(sparse tasks such as retrieval: uniform anchors rarely put the answer in the decoder's future)",
+    anchors: Literal["uniform", "scored", "at_scored"] = Field(
+        "uniform", description="where m_t is taken: any position, up to future_len-1 before a scored target "
+        "(sparse tasks such as retrieval: uniform anchors rarely put the answer in the decoder's future), or on a "
+        "scored target (L_dec0 then scores an answer from the memory alone on every crop)",
     )
     chain: int = Field(
         1, ge=1, description="consecutive anchors per crop: `run.batch_size` transitions come from batch_size/chain "

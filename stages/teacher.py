@@ -92,12 +92,8 @@ def teacher_stage(tokens_url: str, cfg: TeacherTrainConfig, root: str) -> Artifa
     def batches(start_step: int) -> Prefetcher:
         def source() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             rng = np.random.default_rng(rank_seed(cfg.run.seed, ctx.rank, "teacher-data", start_step))
-            crops, after = cfg.run.batch_size // cfg.chain, mc.future_len + cfg.chain
             while True:
-                if cfg.anchors == "scored":
-                    x, y = train.near_scored(rng, crops, mc.context_len - 1, after, mc.future_len, cfg.chain)
-                else:
-                    x, y = train.anchored(rng, crops, mc.context_len - 1, after, cfg.chain)
+                x, y = training_crops(train, rng, cfg)
                 yield torch.from_numpy(x), torch.from_numpy(y)
 
         return Prefetcher(source, pin_memory=device.type == "cuda")
@@ -118,6 +114,19 @@ def teacher_stage(tokens_url: str, cfg: TeacherTrainConfig, root: str) -> Artifa
         _publish(ref, cfg, teacher, updater, result, tokens, device, parent)
     ctx.barrier()
     return ref
+
+
+def training_crops(
+    train: DocumentCrops, rng: np.random.Generator, cfg: TeacherTrainConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """One batch of crops (`run.batch_size / chain` of them) whose anchor sits at column context_len-1, placed
+    as `cfg.anchors` says: anywhere, up to future_len-1 before a scored target, or on one."""
+    mc = cfg.model
+    crops, after = cfg.run.batch_size // cfg.chain, mc.future_len + cfg.chain
+    if cfg.anchors == "uniform":
+        return train.anchored(rng, crops, mc.context_len - 1, after, cfg.chain)
+    window = mc.future_len if cfg.anchors == "scored" else 1
+    return train.near_scored(rng, crops, mc.context_len - 1, after, window, cfg.chain)
 
 
 def _publish(

@@ -8,7 +8,7 @@ from _tiny import tiny_teacher
 
 from models.build import build_teacher
 from models.layers import Stack, apply_rotary, normalize_memory, rms_normalize, rotary_tables
-from models.teacher import TRIM_STEP, trim_left_padding
+from models.teacher import TRIM_STEP, causal_mask, trim_left_padding
 from schemas.config import TeacherModelConfig
 from training.windows import context_windows, encode_positions, future_slices, gather_span
 
@@ -68,7 +68,7 @@ def test_rotary_turns_each_pair_by_its_angle():
 @pytest.mark.parametrize(
     ("causal", "keep", "masked"),
     [(False, slice(9, None), True), (False, slice(None, 4), False), (True, slice(12, None), False),
-     (True, slice(3, None), False)],
+     (True, slice(3, None), False), (False, slice(9, None), "rows")],
 )
 def test_stack_computing_only_the_kept_rows_equals_slicing_the_full_output(causal, keep, masked):
     """The last block computes only the rows kept (encoder registers, updater memory tokens, the
@@ -77,6 +77,8 @@ def test_stack_computing_only_the_kept_rows_equals_slicing_the_full_output(causa
     stack = Stack(32, 4, 3, mlp="gelu")
     x = torch.randn(5, 13, 32, requires_grad=True)
     mask = (torch.rand(5, 13) > 0.3).index_fill(1, torch.arange(9, 13), True) if masked else None
+    if masked == "rows":  # a row of visible keys per query (the causal encoder's mask)
+        mask = causal_mask(mask, 5, 13, x.device)
     full = stack(x, -9, mask, causal)[:, keep]
     # the full path: no trimming, the last block run on every row, then the final norm of the kept rows
     rope = stack.rope(-9, 13, x.device)
@@ -237,3 +239,43 @@ def test_a_causal_block_refuses_to_compute_rows_other_than_its_last_alone():
     with pytest.raises(ValueError, match="last row"):
         stack.blocks[0](x, stack.rope(0, 5, x.device), causal=True, rows=slice(2, None))
     stack.blocks[0](x, stack.rope(0, 5, x.device), causal=True, rows=slice(4, None))  # the last row is fine
+
+
+def _encoder_rows(teacher, x: torch.Tensor) -> torch.Tensor:
+    """Every output row of the encoder's stack (context tokens, then registers), for unpadded x."""
+    enc = teacher.encoder
+    b, tc = x.shape
+    h = torch.cat((enc.embed(x), enc.registers.expand(b, enc.cfg.memory_tokens, -1)), 1)
+    mask = causal_mask(None, b, h.shape[1], x.device) if enc.cfg.encoder_attention == "causal" else None
+    return enc.stack(h, -tc, mask)
+
+
+def test_a_causal_encoder_hides_later_tokens_from_earlier_ones_and_shows_the_registers_all():
+    """`encoder_attention: causal`: context token i sees tokens <= i, the registers (last) see the whole context;
+    pads still change nothing; the default stays bidirectional and keeps its address."""
+    from schemas.config import TeacherTrainConfig
+
+    torch.manual_seed(0)
+    causal = build_teacher(tiny_cfg(encoder_attention="causal")).eval()
+    bidirectional = build_teacher(tiny_cfg()).eval()
+    bidirectional.load_state_dict(causal.state_dict())  # the same weights: only the mask differs
+    x = torch.randint(0, V, (2, 7))
+    torch.testing.assert_close(causal.encode(x), rms_normalize(causal.encoder.proj(_encoder_rows(causal, x)[:, 7:])
+                                                               ).flatten(1), atol=1e-5, rtol=1e-5)
+    assert (causal.encode(x) - bidirectional.encode(x)).abs().max() > 1e-3
+    for teacher, sees_later in ((causal, False), (bidirectional, True)):
+        base = _encoder_rows(teacher, x)
+        for j in (2, 5):
+            changed = x.clone()
+            changed[:, j] = (changed[:, j] + 1) % V
+            rows = _encoder_rows(teacher, changed)
+            assert bool((rows[:, :j] - base[:, :j]).abs().max() > 1e-4) is sees_later
+            assert (rows[:, j:] - base[:, j:]).abs().amax(-1).min() > 1e-4  # token j and every row after it moved
+    batch = torch.tensor([[-1, -1, -1, 1, 2], [-1, 3, 4, 5, 6], [7, 8, 9, 10, 0]])  # each row as if alone
+    alone = [causal.encode(row[row >= 0][None]) for row in batch]
+    torch.testing.assert_close(causal.encode(batch), torch.cat(alone), atol=1e-5, rtol=1e-5)
+    padded = torch.cat((torch.full((2, 17), -1), x), 1)
+    torch.testing.assert_close(causal.encode(padded), causal.encode(x), atol=1e-5, rtol=1e-5)
+    assert "encoder_attention" not in TeacherTrainConfig(model=tiny_cfg()).address_json()["model"]
+    assert TeacherTrainConfig(model=tiny_cfg(encoder_attention="causal")).address_json()["model"][
+        "encoder_attention"] == "causal"

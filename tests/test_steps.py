@@ -374,6 +374,32 @@ def test_scored_anchors_put_a_scored_target_in_the_decoders_future(tmp_path):
     assert ((y_uniform[:, before : before + window] >= 0).sum(1) == 0).mean() > 0.5  # why: most miss it
 
 
+def test_the_teacher_stage_places_its_anchors_as_configured(tmp_path):
+    """teacher.anchors: `at_scored` puts every anchor on a scored target (L_dec0 scores an answer on every crop),
+    `scored` up to future_len-1 before one, `uniform` anywhere (the stage's own sampler, stages/teacher.py)."""
+    import numpy as np
+
+    from schemas.config import TeacherModelConfig, TeacherTrainConfig, TokensConfig
+    from stages.teacher import training_crops
+    from store.crops import DocumentCrops
+    from store.tokens import TokensArtifact, build_tokens_artifact
+
+    tokens = TokensConfig(source="synthetic", task="mqar", task_params={"length": 32, "num_pairs": 2, "vocab": 16},
+                          num_docs=64)
+    train = DocumentCrops(TokensArtifact.open(build_tokens_artifact(tokens, str(tmp_path)).url), "train")
+    model = TeacherModelConfig(vocab_size=16, width=16, heads=2, encoder_depth=1, decoder_depth=1, memory_tokens=2,
+                               memory_dim=8, context_len=8, future_len=6)
+    at_anchor = {}
+    for anchors in ("uniform", "scored", "at_scored"):
+        cfg = TeacherTrainConfig(model=model, anchors=anchors, run={"batch_size": 2000})
+        x, y = training_crops(train, np.random.default_rng(0), cfg)
+        assert x.shape == y.shape == (2000, 8 + 6 + 1)  # context, future, the next token of the transition
+        at_anchor[anchors] = (y[:, 7] >= 0).mean()  # the target L_dec0 reads
+        if anchors != "uniform":
+            assert ((y[:, 7:13] >= 0).sum(1) >= 1).all()  # an answer in the decoder's future window
+    assert at_anchor["at_scored"] == 1.0 and at_anchor["scored"] < 0.5 and at_anchor["uniform"] < 0.3, at_anchor
+
+
 def test_chained_crops_keep_the_whole_chain_inside_the_document(tmp_path):
     """teacher.chain: the crop samplers put the chain's last anchor on a real token, uniform or scored."""
     import numpy as np
