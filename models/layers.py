@@ -117,8 +117,10 @@ class Attention(nn.Module):
             if causal and queries.indices(t)[:2] != (t - 1, t):
                 raise ValueError("a causal block computes only its last row alone (the others need the mask)")
             causal = False  # the last row sees every key: no mask needed
-        if key_mask is None or key_mask.dim() == 2:
-            mask = None if key_mask is None else key_mask[:, None, None, :]
+        if key_mask is None:
+            mask = None
+        elif key_mask.dim() == 2:
+            mask = key_mask[:, None, None, :]
         else:  # (B, T, T): a row per query
             mask = key_mask[:, None] if queries is None else key_mask[:, None, queries]
         y = attention(q, k, v, mask, causal)

@@ -86,6 +86,7 @@ def _teacher_accuracy_after(anchors: str, steps: int, length: int) -> float:
     import tempfile
 
     from schemas.config import TokensConfig
+    from stages.teacher import training_crops
     from store.crops import DocumentCrops
     from store.tokens import TokensArtifact, build_tokens_artifact
     from training.windows import context_windows
@@ -94,7 +95,7 @@ def _teacher_accuracy_after(anchors: str, steps: int, length: int) -> float:
     tcfg = TeacherModelConfig(vocab_size=task_vocab_size("retrieval", **params), width=32, heads=2, encoder_depth=2,
                               decoder_depth=1, mlp_ratio=2, memory_tokens=2, memory_dim=16, context_len=length,
                               future_len=length // 2)
-    cfg = TeacherTrainConfig(model=tcfg, anchors=anchors)
+    cfg = TeacherTrainConfig(model=tcfg, anchors=anchors, run={"batch_size": 64})
     with tempfile.TemporaryDirectory() as root:
         tokens = TokensConfig(source="synthetic", task="retrieval", task_params=params, num_docs=2048)
         crops = DocumentCrops(TokensArtifact.open(build_tokens_artifact(tokens, root).url), "train")
@@ -106,10 +107,7 @@ def _teacher_accuracy_after(anchors: str, steps: int, length: int) -> float:
     opt = torch.optim.AdamW([*teacher.parameters(), *updater.parameters()], lr=3e-3, weight_decay=0.0)
     at = torch.full((64,), tcfg.context_len - 1)  # the anchor's column in every crop, as the stage has it
     for _ in range(steps):
-        if anchors == "scored":
-            xb, yb = crops.near_scored(rng, 64, tcfg.context_len - 1, tcfg.future_len + 1, tcfg.future_len)
-        else:
-            xb, yb = crops.anchored(rng, 64, tcfg.context_len - 1, tcfg.future_len + 1)
+        xb, yb = training_crops(crops, rng, cfg)  # the teacher stage's own sampler
         loss = teacher_step_loss(teacher, updater, torch.from_numpy(xb), torch.from_numpy(yb), cfg, g, anchors=at)
         opt.zero_grad()
         loss["loss"].backward()
