@@ -45,5 +45,33 @@ def test_memory_carry_rolls_the_teachers_own_updater(tmp_path: pytest.TempPathFa
     assert [b["from_step"] for b in line["by_distance"]] == [0, 4]  # 8 steps after a prefix of 4
     assert 0 < sum(b["count"] for b in line["by_distance"]) <= 4 * 8
     assert all(0.0 <= b["accuracy"] <= 1.0 and b["bits"] > 0 for b in line["by_distance"])
+    steps = line["after_own_steps"]
+    assert [e["k"] for e in steps] == [0, 1, 2, 4, 8] and len({e["count"] for e in steps}) == 1  # the same targets
+    assert steps[0]["accuracy"] == pytest.approx(_teacher_accuracy_after(teacher.url, tokens.url, 8, 12))
     bad = CliRunner().invoke(app, [teacher.url, tokens.url, "--prefix", "8", "--length", "8"])
     assert bad.exit_code != 0 and "must exceed" in bad.output
+
+
+def _teacher_accuracy_after(teacher_url: str, tokens_url: str, first: int, length: int) -> float:
+    """The teacher's own readout accuracy on the scored targets at positions >= first of the CLI's sequences."""
+    import torch
+
+    from schemas.config import EvalConfig
+    from stages.evaluate import evaluation_sequences
+    from store.crops import DocumentCrops
+    from store.teacher import load_teacher
+    from store.tokens import TokensArtifact
+    from training.windows import context_windows
+
+    teacher, _ = load_teacher(teacher_url)
+    cfg = EvalConfig(prefix_len=4, steps=length - 4, num_sequences=4, num_samples=0)
+    crops = DocumentCrops(TokensArtifact.open(tokens_url), "test")
+    x, y = (torch.from_numpy(a) for a in evaluation_sequences(crops, cfg))
+    correct = total = 0
+    with torch.no_grad():
+        for p in range(first, length):
+            rows = (y[:, p] >= 0).nonzero().flatten()
+            m = teacher.encode(context_windows(x[rows], torch.full((rows.numel(),), p), teacher.cfg.context_len))
+            correct += int((teacher.readout(m).argmax(-1) == y[rows, p]).sum())
+            total += rows.numel()
+    return correct / total
