@@ -67,6 +67,8 @@ def main(
     length: Annotated[int, typer.Option(min=2, help="tokens per sequence, prefix included")] = 64,
 ) -> None:
     """Print one JSON line per updater: its accuracy and bits by distance from the teacher's memory."""
+    import torch
+
     from schemas.config import EvalConfig
     from schemas.layout import SPLIT_TEST
     from stages.evaluate import evaluation_sequences, read_loss_rows
@@ -81,10 +83,8 @@ def main(
     updaters = {"teacher_updater": load_reference_updater(teacher_url, teacher=teacher)[0]}
     updaters.update({url: load_rnn(url)[0] for url in rnn_urls or []})
     cfg = EvalConfig(prefix_len=prefix, steps=length - prefix, num_sequences=sequences, num_samples=0)
-    x, y = evaluation_sequences(DocumentCrops(TokensArtifact.open(tokens_url), SPLIT_TEST), cfg)
-    import torch
-
-    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    crops = DocumentCrops(TokensArtifact.open(tokens_url), SPLIT_TEST)
+    x, y = (torch.from_numpy(a) for a in evaluation_sequences(crops, cfg))
     ks = tuple(k for k in (0, 1, 2, 4, 8, 16) if k < length)
     for name, rnn in updaters.items():
         buckets = by_distance(read_loss_rows(rnn, teacher, x, y, cfg, "teacher"), bucket)

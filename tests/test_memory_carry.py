@@ -53,25 +53,19 @@ def test_memory_carry_rolls_the_teachers_own_updater(tmp_path: pytest.TempPathFa
 
 
 def _teacher_accuracy_after(teacher_url: str, tokens_url: str, first: int, length: int) -> float:
-    """The teacher's own readout accuracy on the scored targets at positions >= first of the CLI's sequences."""
+    """The teacher's own readout accuracy on the scored targets at positions >= first of the CLI's sequences,
+    from the evaluation stage's ceiling rows (another path: every position encoded at once)."""
     import torch
 
     from schemas.config import EvalConfig
-    from stages.evaluate import evaluation_sequences
+    from stages.evaluate import evaluation_sequences, teacher_ceiling_rows
     from store.crops import DocumentCrops
     from store.teacher import load_teacher
     from store.tokens import TokensArtifact
-    from training.windows import context_windows
 
     teacher, _ = load_teacher(teacher_url)
     cfg = EvalConfig(prefix_len=4, steps=length - 4, num_sequences=4, num_samples=0)
     crops = DocumentCrops(TokensArtifact.open(tokens_url), "test")
     x, y = (torch.from_numpy(a) for a in evaluation_sequences(crops, cfg))
-    correct = total = 0
-    with torch.no_grad():
-        for p in range(first, length):
-            rows = (y[:, p] >= 0).nonzero().flatten()
-            m = teacher.encode(context_windows(x[rows], torch.full((rows.numel(),), p), teacher.cfg.context_len))
-            correct += int((teacher.readout(m).argmax(-1) == y[rows, p]).sum())
-            total += rows.numel()
-    return correct / total
+    rows = [r for r in teacher_ceiling_rows(teacher, x, y, cfg) if r["position"] >= first and r["count"]]
+    return sum(r["accuracy"] * r["count"] for r in rows) / sum(r["count"] for r in rows)
