@@ -111,7 +111,7 @@ def matched_config(cfg: PipelineConfig) -> BPTTConfig:
     if kb is None or cfg.bptt.keep_best is not None or cfg.bptt.budget not in STEP_BUDGETS:
         return cfg.bptt
     selection = BaselineSelectionConfig(checks=max(1, cfg.dmt.run.steps // kb.eval_every), sequences=kb.sequences,
-                                        seq_len=kb.seq_len or cfg.dmt.rollout_len)
+                                        seq_len=kb.seq_len or cfg.dmt.rollout_len, metric=kb.metric)
     return cfg.bptt.model_copy(update={"keep_best": selection})
 
 

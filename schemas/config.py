@@ -278,12 +278,21 @@ class DistillConfig(StrictModel):
     readout_weight: float = Field(1.0, ge=0, description="weight of readout cross-entropy on stored memories")
 
 
+SelectionMetric = Literal["loss", "error"]
+METRIC_DESCRIPTION = ("what the held-out checks compare: loss (readout cross-entropy per scored token) or error "
+                      "(1 - top-1 accuracy on the scored targets; for tasks with one right answer, such as retrieval "
+                      "or MQAR, where the lowest loss and the most right answers can fall at different steps)")
+
+
 class KeepBestConfig(StrictModel):
     """Model selection for DMT: a fixed batch of unseen sequences, read from the RNN's own memory."""
+
+    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"metric"})
 
     eval_every: int = Field(100, ge=1, description="steps between held-out checks")
     sequences: int = Field(128, ge=1, description="held-out sequences per check (a fixed batch)")
     seq_len: int | None = Field(None, ge=1, description="tokens per held-out sequence; null: dmt.rollout_len")
+    metric: SelectionMetric = Field("loss", description=METRIC_DESCRIPTION)
 
 
 class DMTConfig(StrictModel):
@@ -298,9 +307,10 @@ class DMTConfig(StrictModel):
     dec_weight: float = Field(1.0, ge=0, description="weight of frozen-decoder L_dec on own memories")
     unif_weight: float = Field(0.01, ge=0, description="weight of L_unif on own memories")
     keep_best: KeepBestConfig | None = Field(
-        None, description="publish the weights with the lowest held-out loss from the RNN's own memory, checked "
-        "every `eval_every` steps (and before the first) on train-split documents that have no window in the "
-        "label store, so neither the student nor the selection has seen them; null: the last step's weights",
+        None, description="publish the weights with the lowest held-out loss (or error, `metric`) from the RNN's "
+        "own memory, checked every `eval_every` steps (and before the first) on train-split documents that have no "
+        "window in the label store, so neither the student nor the selection has seen them; null: the last step's "
+        "weights",
     )
 
     ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"keep_best"})
@@ -308,6 +318,8 @@ class DMTConfig(StrictModel):
 
 class PlateauConfig(StrictModel):
     """Early stopping on held-out loss: what BPTT reaches given as much compute as it can use."""
+
+    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"metric"})
 
     max_steps: int = Field(5000, ge=1, description="cap on optimiser steps (also sizes the LR schedule)")
     eval_every: int = Field(50, ge=1, description="steps between held-out checks")
@@ -324,6 +336,7 @@ class PlateauConfig(StrictModel):
         0.05, gt=0, lt=1, description="held_out='validation': share of the train split's documents set aside "
         "(at least one), drawn with the baseline's seed",
     )
+    metric: SelectionMetric = Field("loss", description=METRIC_DESCRIPTION)
 
 
 STEP_BUDGETS = ("match_smt_flops", "steps")  # BPTT budgets that fix the step count before the run starts
@@ -333,6 +346,8 @@ class BaselineSelectionConfig(StrictModel):
     """Model selection for a BPTT baseline whose student selects (`dmt.keep_best`): as many checks as the
     student's, on validation documents set aside from the train split, so selection favours neither side."""
 
+    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"metric"})
+
     checks: int = Field(ge=1, description="held-out checks after the first step, spread evenly over the run "
                         "(one more before the first step, as DMT's)")
     sequences: int = Field(ge=1, description="held-out sequences per check (a fixed batch)")
@@ -341,6 +356,7 @@ class BaselineSelectionConfig(StrictModel):
         0.05, gt=0, lt=1, description="share of the train split's documents set aside for the checks (at least "
         "one), drawn with the baseline's seed; the baseline does not train on them",
     )
+    metric: SelectionMetric = Field("loss", description=METRIC_DESCRIPTION + "; the flow copies the student's")
 
     def every(self, steps: int) -> int:
         """Steps between checks in a run of `steps` steps."""
@@ -362,7 +378,7 @@ class BPTTConfig(StrictModel):
     )
     plateau: PlateauConfig | None = Field(None, description="early stopping for budget='plateau'")
     keep_best: BaselineSelectionConfig | None = Field(
-        None, description="publish the weights with the lowest held-out loss of `checks` checks (budgets "
+        None, description="publish the weights with the lowest held-out loss (or error) of `checks` checks (budgets "
         "'match_smt_flops' and 'steps'); the flow sets it from dmt.keep_best when left null, so the matched "
         "baseline gets the selection its student gets, paid from the same budget",
     )

@@ -6,9 +6,10 @@ scores the RNN's own memories when `dec_weight > 0` (L_dec through a decoder tha
 The published defaults live in DMTConfig: Td=256, k=16, weights dyn 10 / readout 1 / dec 1 / unif 0.01,
 AdamW lr 3e-5 cosine, batch 32, 1,500 steps.
 
-DMT publishes its last weights, or with `keep_best` those with the lowest loss read from the RNN's own
-memory on a fixed batch of train-split documents that have no window in the label store: documents the
-student never trained on (only the teacher saw them), so the test split stays for the evaluation.
+DMT publishes its last weights, or with `keep_best` those with the lowest loss (or error: `keep_best.metric`)
+read from the RNN's own memory on a fixed batch of train-split documents that have no window in the label
+store: documents the student never trained on (only the teacher saw them), so the test split stays for the
+evaluation.
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ def dmt_stage(rnn_url: str, labels_url: str, teacher_url: str, cfg: DMTConfig, r
             "world_size": ctx.world_size,
             "device": str(device),
             "init_stats": {k: init_manifest.stats.get(k) for k in ("final_dyn", "final_readout", "seconds")},
-            **({"held_out_loss": keep_best.best, "best_step": keep_best.best_step, "held_out": "unseen_train"}
+            **({f"held_out_{cfg.keep_best.metric}": keep_best.best, "best_step": keep_best.best_step,
+                "held_out": "unseen_train"}
                if keep_best else {}),
         }
         publish_rnn(ref, rnn, model_cfg, result, stats)
@@ -128,8 +130,9 @@ def dmt_stage(rnn_url: str, labels_url: str, teacher_url: str, cfg: DMTConfig, r
 
 
 def held_out_selection(rnn: torch.nn.Module, store: LabelStore, cfg: DMTConfig, device: torch.device) -> EarlyStop:
-    """`keep_best`'s checks: the readout loss from the RNN's own memory (as the evaluation reads it, from the
-    initial memory) on a fixed batch of train documents the label store has no window of. Never stops early."""
+    """`keep_best`'s checks: the readout loss (or error, `keep_best.metric`) from the RNN's own memory (as the
+    evaluation reads it, from the initial memory) on a fixed batch of train documents the label store has no
+    window of. Never stops early."""
     assert cfg.keep_best is not None
     tokens_url = store.tokens_url
     try:
@@ -144,4 +147,4 @@ def held_out_selection(rnn: torch.nn.Module, store: LabelStore, cfg: DMTConfig, 
                             "one has some: materialise fewer windows or add documents")
     return own_memory_stop(rnn, DocumentCrops(tokens, SPLIT_TRAIN, unseen), rank_seed(cfg.run.seed, 0, "dmt-held-out"),
                            cfg.keep_best.sequences, cfg.keep_best.seq_len or cfg.rollout_len, device,
-                           cfg.keep_best.eval_every, patience=None)
+                           cfg.keep_best.eval_every, patience=None, metric=cfg.keep_best.metric)

@@ -226,8 +226,9 @@ def selection_rows(lineage: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
             continue
         stats = read_manifest(ref["url"]).stats
         if "best_step" in stats:
-            rows.append({"rnn": role, "steps": stats.get("steps"), "best_step": stats["best_step"],
-                         "held_out_loss": stats.get("held_out_loss"),
+            metric = "error" if "held_out_error" in stats else "loss"
+            rows.append({"rnn": role, "steps": stats.get("steps"), "best_step": stats["best_step"], "metric": metric,
+                         "held_out": stats.get(f"held_out_{metric}"),
                          "checked_on": SELECTED_ON.get(stats.get("held_out"), stats.get("held_out"))})
     return rows
 
@@ -236,9 +237,10 @@ def selection_section(lineage: dict[str, dict[str, str]]) -> str:
     rows = selection_rows(lineage)
     if not rows:
         return ""
-    return ("## Model selection\n\nThese students publish the weights of their best held-out check (loss in nats "
-            "per scored token, read from the RNN's own initial memory), not their last ones; none was checked on "
-            "what the evaluation scores unless it says so.\n\n" + markdown_table(rows))
+    return ("## Model selection\n\nThese students publish the weights of their best held-out check (`metric` loss: "
+            "nats per scored token; error: 1 - top-1 accuracy on the scored targets; read from the RNN's own initial "
+            "memory), not their last ones; none was checked on what the evaluation scores unless it says so.\n\n"
+            + markdown_table(rows))
 
 
 def listing(url: str, suffix: str) -> list[str]:

@@ -112,6 +112,9 @@ def test_a_selecting_student_gives_its_matched_baseline_as_many_checks_paid_from
     )
     matched = matched_config(cfg)
     assert matched.keep_best == BaselineSelectionConfig(checks=4, sequences=6, seq_len=5)
+    by_error = cfg.model_copy(update={"dmt": dmt.model_copy(update={"keep_best": keep.model_copy(
+        update={"metric": "error"})})})
+    assert matched_config(by_error).keep_best.metric == "error"  # the baseline selects as its student does
     assert matched_config(cfg.model_copy(update={"dmt": DMT_CFG})) == cfg.bptt  # no selection: as configured
     with pytest.raises(ValueError, match="known number of steps"):
         BPTTConfig.model_validate({**BPTT_CFG.model_dump(), "budget": "seconds",

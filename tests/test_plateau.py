@@ -103,8 +103,8 @@ def test_a_matched_baseline_whose_student_selects_keeps_its_best_validation_weig
     assert stats["train_documents"] == len(trained_on) == tokens.doc_ids(SPLIT_TRAIN).size - len(selected_on)
     assert stats["train_flops"] > steps * stats["step_flops"]  # the checks are paid for
     row, = selection_rows({"gru/bptt": {"kind": "rnn", "url": ref.url}, "tokens": {"kind": "tokens"}})
-    assert row == {"rnn": "gru/bptt", "steps": steps, "best_step": stats["best_step"],
-                   "held_out_loss": stats["held_out_loss"], "checked_on": SELECTED_ON["validation"]}  # the report
+    assert row == {"rnn": "gru/bptt", "steps": steps, "best_step": stats["best_step"], "metric": "loss",
+                   "held_out": stats["held_out_loss"], "checked_on": SELECTED_ON["validation"]}  # the report
     assert bptt_stage(chain.tokens.url, GRU, chain.teacher.url, BPTT_CFG.model_copy(
         update={"run": cfg.run}), chain.root).url != ref.url
 
@@ -137,6 +137,32 @@ def test_dmt_keeps_its_best_weights_on_documents_the_student_never_saw(tmp_path:
     unseen = unseen_train_documents(tokens, in_store)
     assert unseen.size and not set(unseen.tolist()) & set(in_store.tolist())
     assert set(unseen.tolist()) <= set(tokens.doc_ids(SPLIT_TRAIN).tolist())
+
+
+def test_dmt_can_keep_the_weights_that_answer_most_often(tmp_path: Path) -> None:
+    """keep_best.metric 'error': the checks compare 1 - accuracy on the scored targets; the manifest and the
+    metrics name it, the default (loss) keeps its address, and the report says which metric chose."""
+    chain = build_chain(str(tmp_path))
+    smt = distill_stage(chain.labels.url, chain.teacher.url, GRU, DISTILL_CFG, chain.root)
+    keep = KeepBestConfig(eval_every=2, sequences=8)
+    cfg = DMT_CFG.model_copy(update={"run": DMT_CFG.run.model_copy(update={"steps": 4}),
+                                     "keep_best": keep.model_copy(update={"metric": "error"})})
+    assert cfg.keep_best.address_json() != keep.address_json()
+    assert keep.address_json() == KeepBestConfig.model_validate({"eval_every": 2, "sequences": 8}).address_json()
+    assert "metric" not in keep.address_json()  # stores made before the option keep their addresses
+    ref = dmt_stage(smt.url, chain.labels.url, chain.teacher.url, cfg, chain.root)
+    stats = json.loads(Path(ref.url, "manifest.json").read_text())["stats"]
+    checks = [r for r in pq.read_table(Path(ref.url) / "metrics.parquet").to_pylist()
+              if r.get("held_out_error") is not None]
+    assert [r["step"] for r in checks] == [2, 4] and "held_out_loss" not in stats
+    assert 0 <= stats["held_out_error"] <= min(r["held_out_error"] for r in checks) <= 1
+    rnn, _ = load_rnn(ref.url)
+    again = held_out_selection(rnn, LabelStore.open(chain.labels.url), cfg, torch.device("cpu"))
+    assert again.check(0, {"rnn": rnn}) == stats["held_out_error"]  # the published weights are the best check's
+    row, = selection_rows({"gru/smt+dmt": {"kind": "rnn", "url": ref.url}})
+    assert row["metric"] == "error" and row["held_out"] == stats["held_out_error"]
+    with pytest.raises(ValueError):
+        KeepBestConfig(metric="accuracy")
 
 
 def test_early_stop_state_survives_a_checkpoint() -> None:

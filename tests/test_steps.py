@@ -330,6 +330,22 @@ def test_bptt_matches_a_manual_unroll(models):
     torch.testing.assert_close(bptt_step_loss(rnn, x, y)["loss"], torch.stack(ces).sum() / 9)
 
 
+def test_own_memory_error_counts_wrong_answers_on_scored_targets_only(models):
+    """keep_best.metric 'error': 1 - top-1 accuracy over the scored targets, unrolled from the initial memory."""
+    from training.steps import own_memory_error
+
+    _, rnn = models
+    x, y = tokens(3, 5)
+    m, guesses = rnn.init_memory(3), []
+    for t in range(5):
+        m = rnn.update(m, x[:, t])
+        guesses.append(rnn.readout(m).argmax(-1))
+    guess = torch.stack(guesses, 1)  # (B, T)
+    y = torch.where(torch.arange(5) % 2 == 0, guess, (guess + 1) % rnn.readout(m).shape[-1])  # even t right
+    y[0, 0] = -1  # unscored: neither right nor wrong
+    assert own_memory_error(rnn, x, y).item() == pytest.approx(6 / 14)
+
+
 def test_anchors_reach_the_last_position():
     """Tasks scored on their final token (retrieval) need the readout trained on the memory after it."""
     import numpy as np

@@ -16,17 +16,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.steps import bptt_step_loss
+from training.steps import bptt_step_loss, own_memory_error
 
 if TYPE_CHECKING:
     from store.crops import DocumentCrops
 
 
 class EarlyStop:
-    """validate() -> held-out loss of the current weights; called every `every` steps."""
+    """validate() -> held-out loss (or error: lower is better) of the current weights; called every `every`
+    steps. Ties keep the earlier weights."""
 
-    def __init__(self, validate: Callable[[], float], every: int, patience: int | None) -> None:
-        self.validate, self.every, self.patience = validate, every, patience
+    def __init__(self, validate: Callable[[], float], every: int, patience: int | None, metric: str = "loss") -> None:
+        self.validate, self.every, self.patience, self.metric = validate, every, patience, metric
         self.best, self.best_step, self.bad = float("inf"), 0, 0
         self.best_state: dict[str, dict[str, torch.Tensor]] = {}
 
@@ -68,10 +69,15 @@ class EarlyStop:
 
 def own_memory_stop(
     rnn: nn.Module, crops: DocumentCrops, seed: int, sequences: int, seq_len: int, device: torch.device,
-    every: int, patience: int | None,
+    every: int, patience: int | None, metric: str = "loss",
 ) -> EarlyStop:
-    """Checks on one fixed batch of `sequences` crops of `seq_len` tokens (drawn once with `seed`): the readout
-    loss from the RNN's own initial memory, as BPTT trains it and the evaluation reads it, with no gradient."""
+    """Checks on one fixed batch of `sequences` crops of `seq_len` tokens (drawn once with `seed`), read from
+    the RNN's own initial memory, as BPTT trains it and the evaluation reads it, with no gradient: the readout
+    loss (`metric` 'loss') or 1 - top-1 accuracy on the scored targets ('error')."""
     x, y = crops.windows(np.random.default_rng(seed), sequences, seq_len)
     x_t, y_t = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+    if metric == "error":
+        return EarlyStop(lambda: own_memory_error(rnn, x_t, y_t), every, patience, metric)
+    if metric != "loss":
+        raise ValueError(f"unknown selection metric {metric!r}: 'loss' or 'error'")
     return EarlyStop(lambda: bptt_step_loss(rnn, x_t, y_t)["loss"], every, patience)

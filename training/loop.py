@@ -321,7 +321,7 @@ class TrainLoop:
                     progress.advance(self.step, self.elapsed)
                     if self.early_stop is not None and self.early_stop.due(self.step):
                         held_out = self.early_stop.check(self.step, self.modules)
-                        self.metrics.append({"step": self.step, "held_out_loss": held_out})
+                        self.metrics.append({"step": self.step, f"held_out_{self.early_stop.metric}": held_out})
                         if self.early_stop.exhausted:
                             stopped = "plateau"
                             break

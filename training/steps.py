@@ -194,11 +194,23 @@ def bptt_step_loss(rnn: RNN, x: Tensor, y: Tensor) -> dict[str, Tensor]:
 
     x, y (B, T): m_0 = update(init, x_0), ..., readout(m_t) scored against y_t.
     """
+    readout = masked_cross_entropy(own_memory_logits(rnn, x), y.reshape(-1))
+    return {"loss": readout, "readout": readout}
+
+
+def own_memory_logits(rnn: RNN, x: Tensor) -> Tensor:
+    """The readout at every step of x (B, T) unrolled from the initial memory: (B*T, V), rows in (b, t) order."""
     b, t = x.shape
     m = rnn.init_memory(b)
     memories = []
     for s in range(t):
         m = rnn.update(m, x[:, s])
         memories.append(m)
-    readout = masked_cross_entropy(rnn.readout(torch.stack(memories, 1).view(b * t, -1)), y.reshape(-1))
-    return {"loss": readout, "readout": readout}
+    return rnn.readout(torch.stack(memories, 1).view(b * t, -1))
+
+
+def own_memory_error(rnn: RNN, x: Tensor, y: Tensor) -> Tensor:
+    """1 - top-1 accuracy of the readout on the scored targets (y >= 0), unrolled as `bptt_step_loss` is."""
+    scored = y.reshape(-1) >= 0
+    hits = own_memory_logits(rnn, x).argmax(-1)[scored] == y.reshape(-1)[scored]
+    return 1 - hits.float().mean()
