@@ -191,7 +191,7 @@ class TokensConfig(StrictModel):
 class TeacherTrainConfig(StrictModel):
     """Teacher training: joint L_dec + L_dyn + L_unif with a reference Transformer updater."""
 
-    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"anchors", "init_from", "chain"})
+    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"anchors", "init_from", "chain", "dyn_rollout"})
 
     model: TeacherModelConfig = Field(default_factory=TeacherModelConfig, description="teacher shape")
     updater: RNNConfig = Field(default_factory=RNNConfig, description="reference updater for L_dyn")
@@ -214,6 +214,12 @@ class TeacherTrainConfig(StrictModel):
         "transition's target and the next one's start), so the encoder, most of a step, does (c+1)/2c of the work; "
         "the transitions of a chain are neighbours, not independent draws",
     )
+    dyn_rollout: bool = Field(
+        False, description="L_dyn along each chain from the updater's own rollout: it starts from the chain's first "
+        "memory and steps on its own, each step compared with the encoder's memory there (a chain of c gives "
+        "1..c-step predictions), so the teacher's memory is shaped to stay readable under repeated updates, not "
+        "only one; needs chain >= 2. False: c one-step transitions from the encoder's memories",
+    )
     init_from: str | None = Field(
         None, description="start from this teacher artifact's weights (teacher and reference updater): a URL, or a "
         "name under the run root such as teacher-<hash16>. Same shapes required; context_len and future_len may "
@@ -223,6 +229,8 @@ class TeacherTrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _whole_chains(self) -> TeacherTrainConfig:
+        if self.dyn_rollout and self.chain < 2:
+            raise ValueError("teacher.dyn_rollout rolls the updater along a chain: set teacher.chain >= 2")
         if self.run.batch_size % self.chain:
             raise ValueError(f"teacher.run.batch_size ({self.run.batch_size}) counts transitions and must be a "
                              f"multiple of teacher.chain ({self.chain})")

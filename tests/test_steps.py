@@ -145,6 +145,35 @@ def test_a_chain_of_anchors_gives_the_losses_and_gradients_of_its_transitions_ta
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_dyn_rollout_scores_the_updaters_own_steps_along_the_chain(models):
+    """teacher.dyn_rollout: L_dyn compares the updater's 1..c-step rollout from the chain's first memory with
+    the encoder's memories (computed here step by step, independently); the other losses stay as they were."""
+    teacher, updater = models
+    chain, x, y = 3, *tokens(2, 12)
+    x[1, 7:] = -1  # the second chain's last transition runs past its sequence's end: masked
+    start = torch.tensor([0, 4])
+    every = dict(model=TCFG, unif_samples=10_000, chain=chain, run=RunConfig(batch_size=2 * chain))
+    plain = teacher_step_loss(teacher, updater, x, y, TeacherTrainConfig(**every), anchors=start)
+    rolled = teacher_step_loss(teacher, updater, x, y, TeacherTrainConfig(**every, dyn_rollout=True), anchors=start)
+    for name in ("dec", "dec0", "unif"):
+        torch.testing.assert_close(rolled[name], plain[name])
+    tc = TCFG.context_len
+    errors = []
+    for b, a in enumerate(start.tolist()):
+        m = teacher.encode(torch.cat([torch.full((max(tc - a - 1, 0),), -1), x[b, max(a + 1 - tc, 0) : a + 1]])[None])
+        for j in range(1, chain + 1):
+            if x[b, a + j] < 0:
+                continue
+            m = updater.update(m, x[b, a + j][None])
+            ctx = torch.cat([torch.full((max(tc - a - j - 1, 0),), -1), x[b, max(a + j + 1 - tc, 0) : a + j + 1]])
+            errors.append(F.mse_loss(m, teacher.encode(ctx[None])))
+    assert len(errors) == 5  # 3 + 2 unmasked steps
+    torch.testing.assert_close(rolled["dyn"], torch.stack(errors).mean(), rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(rolled["dyn"], plain["dyn"])  # steps 2..c start from the updater's own memory
+    with pytest.raises(ValueError, match="chain >= 2"):
+        TeacherTrainConfig(model=TCFG, dyn_rollout=True)
+
+
 def test_chained_anchors_stay_inside_short_sequences():
     x = torch.full((300, 10), -1)
     x[:, :6] = 1  # six real tokens each

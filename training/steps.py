@@ -51,6 +51,7 @@ def teacher_step_loss(
     transition and the start of the next (chain+1 encodes per chain transitions instead of 2 per transition).
     L_dyn = MSE(updater.update(m_s, x_{s+1}), m_{s+1}) sends gradient into the encoder through both
     memories (Markov shaping) and into the updater; L_dec and L_unif read every m_s of a chain but its last.
+    With `cfg.dyn_rollout` the prediction of m_{s+1} is the updater's own rollout from the chain's first memory.
     """
     mc, chain = cfg.model, cfg.chain
     t = sample_anchors(x, generator, chain) if anchors is None else anchors
@@ -61,10 +62,21 @@ def teacher_step_loss(
     x_fut, y_fut = future_slices(x, y, ends[:, :-1], mc.future_len)
     dec, dec0 = decoding_loss(teacher.decode(m_t, x_fut.flatten(0, 1)), y_fut.flatten(0, 1), cfg.gamma)
     x_next = gather_span(x, t + 1, chain).flatten()
-    dyn = dynamics_loss(updater.update(m_t, x_next), m_next, mask=x_next >= 0)
+    dyn = dynamics_loss(rollout_along_chains(updater, memories[:, 0], x_next.view(-1, chain)) if cfg.dyn_rollout
+                        else updater.update(m_t, x_next), m_next, mask=x_next >= 0)
     unif = uniformity_loss(m_t, mc.memory_tokens, cfg.unif_samples, cfg.unif_t, generator)
     loss = cfg.dec_weight * dec + cfg.dyn_weight * dyn + cfg.unif_weight * unif
     return {"loss": loss, "dec": dec, "dec0": dec0, "dyn": dyn, "unif": unif}
+
+
+def rollout_along_chains(updater: RNN, start: Tensor, tokens: Tensor) -> Tensor:
+    """The updater's own steps from `start` (B, Z) over `tokens` (B, c): its memories after 1..c steps, (B*c, Z)
+    in the order of a chain's transitions (teacher.dyn_rollout)."""
+    m, steps = start, []
+    for j in range(tokens.shape[1]):
+        m = updater.update(m, tokens[:, j])
+        steps.append(m)
+    return torch.stack(steps, 1).flatten(0, 1)
 
 
 def smt_step_loss(
