@@ -173,7 +173,7 @@ def bptt_stage(
             "step_seconds": result.seconds / max(result.step, 1),
             "world_size": ctx.world_size,
             "device": str(device),
-            **({f"held_out_{_metric(cfg)}": early_stop.best, "best_step": early_stop.best_step,
+            **({f"held_out_{early_stop.metric}": early_stop.best, "best_step": early_stop.best_step,
                 "held_out": _held_out(cfg), "train_documents": train.num_docs} if early_stop else {}),
             **({"selection_checks": bptt_selection_checks(cfg, steps)} if cfg.keep_best else {}),
         }
@@ -211,11 +211,6 @@ def held_out_early_stop(rnn: torch.nn.Module, tokens: TokensArtifact, cfg: BPTTC
     plateau = _plateau(cfg)
     return own_memory_stop(rnn, documents, seed, plateau.sequences, cfg.seq_len, device, plateau.eval_every,
                            plateau.patience, plateau.metric)
-
-
-def _metric(cfg: BPTTConfig) -> str:
-    """What the baseline's checks compare ('loss' or 'error')."""
-    return cfg.keep_best.metric if cfg.keep_best is not None else _plateau(cfg).metric
 
 
 def _held_out(cfg: BPTTConfig) -> str | None:

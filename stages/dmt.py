@@ -120,7 +120,7 @@ def dmt_stage(rnn_url: str, labels_url: str, teacher_url: str, cfg: DMTConfig, r
             "world_size": ctx.world_size,
             "device": str(device),
             "init_stats": {k: init_manifest.stats.get(k) for k in ("final_dyn", "final_readout", "seconds")},
-            **({f"held_out_{cfg.keep_best.metric}": keep_best.best, "best_step": keep_best.best_step,
+            **({f"held_out_{keep_best.metric}": keep_best.best, "best_step": keep_best.best_step,
                 "held_out": "unseen_train"}
                if keep_best else {}),
         }

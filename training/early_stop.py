@@ -80,4 +80,4 @@ def own_memory_stop(
         return EarlyStop(lambda: own_memory_error(rnn, x_t, y_t), every, patience, metric)
     if metric != "loss":
         raise ValueError(f"unknown selection metric {metric!r}: 'loss' or 'error'")
-    return EarlyStop(lambda: bptt_step_loss(rnn, x_t, y_t)["loss"], every, patience)
+    return EarlyStop(lambda: bptt_step_loss(rnn, x_t, y_t)["loss"], every, patience, metric)

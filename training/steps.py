@@ -62,19 +62,19 @@ def teacher_step_loss(
     x_fut, y_fut = future_slices(x, y, ends[:, :-1], mc.future_len)
     dec, dec0 = decoding_loss(teacher.decode(m_t, x_fut.flatten(0, 1)), y_fut.flatten(0, 1), cfg.gamma)
     x_next = gather_span(x, t + 1, chain).flatten()
-    dyn = dynamics_loss(rollout_along_chains(updater, memories[:, 0], x_next.view(-1, chain)) if cfg.dyn_rollout
+    dyn = dynamics_loss(own_rollout(updater, memories[:, 0], x_next.view(-1, chain)) if cfg.dyn_rollout
                         else updater.update(m_t, x_next), m_next, mask=x_next >= 0)
     unif = uniformity_loss(m_t, mc.memory_tokens, cfg.unif_samples, cfg.unif_t, generator)
     loss = cfg.dec_weight * dec + cfg.dyn_weight * dyn + cfg.unif_weight * unif
     return {"loss": loss, "dec": dec, "dec0": dec0, "dyn": dyn, "unif": unif}
 
 
-def rollout_along_chains(updater: RNN, start: Tensor, tokens: Tensor) -> Tensor:
-    """The updater's own steps from `start` (B, Z) over `tokens` (B, c): its memories after 1..c steps, (B*c, Z)
-    in the order of a chain's transitions (teacher.dyn_rollout)."""
+def own_rollout(rnn: RNN, start: Tensor, tokens: Tensor) -> Tensor:
+    """The RNN's own steps from `start` (B, Z) over `tokens` (B, T): its memories after 1..T steps, (B*T, Z) in
+    (b, t) order (a chain's transitions for teacher.dyn_rollout; BPTT's unroll from the initial memory)."""
     m, steps = start, []
     for j in range(tokens.shape[1]):
-        m = updater.update(m, tokens[:, j])
+        m = rnn.update(m, tokens[:, j])
         steps.append(m)
     return torch.stack(steps, 1).flatten(0, 1)
 
@@ -212,13 +212,7 @@ def bptt_step_loss(rnn: RNN, x: Tensor, y: Tensor) -> dict[str, Tensor]:
 
 def own_memory_logits(rnn: RNN, x: Tensor) -> Tensor:
     """The readout at every step of x (B, T) unrolled from the initial memory: (B*T, V), rows in (b, t) order."""
-    b, t = x.shape
-    m = rnn.init_memory(b)
-    memories = []
-    for s in range(t):
-        m = rnn.update(m, x[:, s])
-        memories.append(m)
-    return rnn.readout(torch.stack(memories, 1).view(b * t, -1))
+    return rnn.readout(own_rollout(rnn, rnn.init_memory(x.shape[0]), x))
 
 
 def own_memory_error(rnn: RNN, x: Tensor, y: Tensor) -> Tensor:
