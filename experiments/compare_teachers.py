@@ -11,24 +11,20 @@ train documents none of the stores has a window of. For teachers a single config
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from experiments.render import RESULTS
+from experiments.render import RESULTS, load_records
 from store.artifacts import ArtifactError, artifact_url
 
 
 def candidates_from_records(names: list[str], root: str, folder: Path = RESULTS) -> dict[str, dict[str, str]]:
     """Candidate i: the teacher, labels and first student ("<variant>/smt" of the first variant) of names[i]."""
-    out = {}
+    out, records = {}, load_records(names, folder)
     for i, name in enumerate(names):
-        path = folder / f"{name}.json"
-        if not path.exists():
-            raise typer.BadParameter(f"no record {path}")
-        record = json.loads(path.read_text())
+        record = records[name]
         artifacts = record["artifacts"]
         first = record["config"]["variants"][0]
         smt = f"{first.get('name') or first['kind']}/smt"

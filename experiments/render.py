@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import typer
+
 from experiments.run import RESULTS
 from stages.report import cell, markdown_table, role_mode
 
@@ -122,6 +124,17 @@ def section(record: dict[str, Any], folder: Path) -> str:
     if reading.exists():
         parts.append("**Reading.** " + reading.read_text().strip() + "\n")
     return "\n".join(parts)
+
+
+def load_records(names: list[str], folder: Path = RESULTS) -> dict[str, dict[str, Any]]:
+    """The records `folder/<name>.json` by name; a missing one is a one-line usage error."""
+    out = {}
+    for name in names:
+        path = folder / f"{name}.json"
+        if not path.exists():
+            raise typer.BadParameter(f"no record {path}")
+        out[name] = json.loads(path.read_text())
+    return out
 
 
 def render(folder: Path = RESULTS) -> str:

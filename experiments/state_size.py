@@ -11,15 +11,15 @@ teacher from its memory of the evaluated prefix) and draws the same as a PNG. Sa
 
 from __future__ import annotations
 
-import io
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from experiments.render import load_records
 from experiments.run import RESULTS
 from stages.report import markdown_table
+from store.evaluation import plt, png_bytes
 
 
 def state_size(record: dict[str, Any]) -> int:
@@ -49,11 +49,6 @@ def accuracy_rows(records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 def figure_png(rows: list[dict[str, Any]]) -> bytes:
     """Accuracy (mean, min-max bars) against state size, one line per model, as PNG bytes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(6, 4))
     for model in dict.fromkeys(r["model"] for r in rows):
         points = [r for r in rows if r["model"] == model]
@@ -67,20 +62,7 @@ def figure_png(rows: list[dict[str, Any]]) -> bytes:
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def load_records(names: list[str], folder: Path = RESULTS) -> dict[str, dict[str, Any]]:
-    out = {}
-    for name in names:
-        path = folder / f"{name}.json"
-        if not path.exists():
-            raise typer.BadParameter(f"no record {path}")
-        out[name] = json.loads(path.read_text())
-    return out
+    return png_bytes(fig)
 
 
 def main(

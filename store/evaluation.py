@@ -42,7 +42,8 @@ def decode_text(tokens: np.ndarray) -> str:
     return "".join(chars)
 
 
-def _png(fig: plt.Figure) -> bytes:
+def png_bytes(fig: plt.Figure) -> bytes:
+    """A figure as PNG bytes (closed afterwards)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -51,7 +52,7 @@ def _png(fig: plt.Figure) -> bytes:
 
 def plot_read_loss(url: str, metrics: pa.Table, start: str, ceiling: dict[int, float] | None) -> None:
     """`read_loss_figure` as a PNG at `url`."""
-    write_bytes_atomic(url, _png(read_loss_figure(metrics, start, ceiling)))
+    write_bytes_atomic(url, png_bytes(read_loss_figure(metrics, start, ceiling)))
 
 
 def read_loss_figure(metrics: pa.Table, start: str, ceiling: dict[int, float] | None) -> plt.Figure:
@@ -100,7 +101,7 @@ def plot_images(url: str, images: list[np.ndarray], titles: list[str]) -> None:
         ax.imshow(np.clip(img, 0, 255).reshape(side, side), cmap="gray", vmin=0, vmax=255)
         ax.set_title(title, fontsize=7)
         ax.axis("off")
-    write_bytes_atomic(url, _png(fig))
+    write_bytes_atomic(url, png_bytes(fig))
 
 
 def loss_vs_compute_figure(points: list[dict[str, object]]) -> plt.Figure:
@@ -129,4 +130,4 @@ def loss_vs_compute_figure(points: list[dict[str, object]]) -> plt.Figure:
 
 
 def plot_loss_vs_compute(url: str, points: list[dict[str, object]]) -> None:
-    write_bytes_atomic(url, _png(loss_vs_compute_figure(points)))
+    write_bytes_atomic(url, png_bytes(loss_vs_compute_figure(points)))

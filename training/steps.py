@@ -72,11 +72,16 @@ def teacher_step_loss(
 def own_rollout(rnn: RNN, start: Tensor, tokens: Tensor) -> Tensor:
     """The RNN's own steps from `start` (B, Z) over `tokens` (B, T): its memories after 1..T steps, (B*T, Z) in
     (b, t) order (a chain's transitions for teacher.dyn_rollout; BPTT's unroll from the initial memory)."""
-    m, steps = start, []
-    for j in range(tokens.shape[1]):
-        m = rnn.update(m, tokens[:, j])
+    return unroll(rnn.update, start, tokens).flatten(0, 1)
+
+
+def unroll(update: Callable[[Tensor, Tensor], Tensor], m: Tensor, x: Tensor) -> Tensor:
+    """Memories after each of x's (B, T) tokens, stepping `update` from m (B, Z) on its own output: (B, T, Z)."""
+    steps = []
+    for s in range(x.shape[1]):
+        m = update(m, x[:, s])
         steps.append(m)
-    return torch.stack(steps, 1).flatten(0, 1)
+    return torch.stack(steps, 1)
 
 
 def smt_step_loss(
@@ -193,12 +198,8 @@ def dmt_step_loss(
 
 @torch.no_grad()
 def rollout(update: Callable[[Tensor, Tensor], Tensor], m: Tensor, x: Tensor) -> Tensor:
-    """Run an RNN update from memory m (B, Z) over tokens x (B, T) on its own memories: (B, T, Z), no graph."""
-    out = torch.empty(x.shape[0], x.shape[1], m.shape[-1], device=m.device, dtype=m.dtype)
-    for s in range(x.shape[1]):
-        m = update(m, x[:, s])
-        out[:, s] = m
-    return out
+    """`unroll` without a graph (DMT's rollout), in m's dtype: (B, T, Z)."""
+    return unroll(update, m, x).to(m.dtype)
 
 
 def bptt_step_loss(rnn: RNN, x: Tensor, y: Tensor) -> dict[str, Tensor]:
