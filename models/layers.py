@@ -93,8 +93,8 @@ class Attention(nn.Module):
         causal: bool = False,
         queries: slice | None = None,
     ) -> Tensor:
-        """x (B, T, W); rope = rotary (cos, signed sin) tables (T, hd); key_mask (B, T) bool, True = visible,
-        or (B, T, T), one row of visible keys per query.
+        """x (B, T, W); rope = rotary (cos, signed sin) tables (T, hd), or (B, 1, T, hd) with positions per
+        row; key_mask (B, T) bool, True = visible, or (B, T, T), one row of visible keys per query.
 
         `queries` computes the output for those rows only (every row still serves as key and value): the
         query projection runs on them alone. A causal block takes it only for its last row, which sees
@@ -113,7 +113,7 @@ class Attention(nn.Module):
             w_q, w_kv = self.qkv.weight.split((w, 2 * w))
             q = F.linear(x[:, queries], w_q).view(b, -1, self.heads, hd).transpose(1, 2)
             k, v = F.linear(x, w_kv).view(b, t, 2, self.heads, hd).permute(2, 0, 3, 1, 4)
-            q, k = apply_rotary(q, cos[queries], sin[queries]), apply_rotary(k, cos, sin)
+            q, k = apply_rotary(q, cos[..., queries, :], sin[..., queries, :]), apply_rotary(k, cos, sin)
             if causal and queries.indices(t)[:2] != (t - 1, t):
                 raise ValueError("a causal block computes only its last row alone (the others need the mask)")
             causal = False  # the last row sees every key: no mask needed
@@ -216,17 +216,22 @@ class Stack(nn.Module):
         key_mask: Tensor | None = None,
         causal: bool = False,
         keep: slice = slice(None),
+        positions: Tensor | None = None,
     ) -> Tensor:
-        """x (B, T, W) at rotary positions offset .. offset+T-1; key_mask (B, T) bool or None -> the `keep`
-        rows of the output (B, len(keep), W).
+        """x (B, T, W) at rotary positions offset .. offset+T-1, or at `positions` (B, T), one row of positions
+        per sequence; key_mask (B, T) bool or None -> the `keep` rows of the output (B, len(keep), W).
 
         The last block computes only the kept rows (its other rows feed nothing): the encoder keeps its
         K registers of Tc+K rows, the updater its K memory tokens. A causal stack does that only when
         the one row kept is the last (the readout); otherwise every row is computed and the kept ones
         sliced out. Either way the result equals the full computation up to float rounding.
         """
-        t = x.shape[1]
-        rope = self.rope(offset, t, x.device)
+        b, t = x.shape[:2]
+        if positions is None:
+            rope = self.rope(offset, t, x.device)
+        else:
+            cos, sin = rotary_tables(positions.flatten(), self.head_dim, self.rope_base)
+            rope = (cos.view(b, 1, t, -1), sin.view(b, 1, t, -1))
         start, stop, step = keep.indices(t)
         trim = step == 1 and (not causal or (start, stop) == (t - 1, t))
         last = len(self.blocks) - 1

@@ -4,7 +4,9 @@ Positions. Rotary positions are counted from the right end of the context window
 `Tc` sits at position `i - Tc` (the last real token is always at -1) and the `K` registers follow at
 `0 .. K-1`. Pad keys (-1) are masked out of attention and embed to zero, so a window's memory depends only
 on its real tokens: `encode([-1, -1, a, b])` equals `encode([-1, a, b])` and `encode([a, b])` up to float
-rounding, whatever `Tc` is.
+rounding, whatever `Tc` is. With `encoder_memory: persistent` (a causal encoder) they count from the window's
+first real token (0, 1, ...) and every register sits at `Tc`: a token's rotation and a register's never change as
+tokens are appended, so neither does what a register reads of it.
 
 The decoder sees `[m as K tokens ; embed(x_fut)]` causally at positions `0 .. K+F-1`; the output at the
 last memory token (index K-1) is the readout, so `readout(m) == decode(m, empty)[:, 0]`.
@@ -79,11 +81,30 @@ class Encoder(nn.Module):
             key_mask = torch.cat((x_ctx >= 0, torch.ones(b, k, dtype=torch.bool, device=x_ctx.device)), 1)
         if self.cfg.encoder_attention == "causal":
             key_mask = causal_mask(key_mask, b, tc + k, x_ctx.device)
-        out = self.stack(h, -tc, key_mask, keep=slice(tc, None))
+        if self.cfg.encoder_memory == "persistent":
+            out = self.persistent_memory(h, x_ctx, key_mask)
+        else:
+            out = self.stack(h, -tc, key_mask, keep=slice(tc, None))
         m = rms_normalize(self.proj(out).float())
         if self.cfg.fsq_step is not None:
             m = fsq_quantize(m, self.cfg.fsq_step)
         return m.flatten(1)
+
+    def persistent_memory(self, h: Tensor, x_ctx: Tensor, key_mask: Tensor) -> Tensor:
+        """`encoder_memory: persistent`: the stack at positions counted from each window's first real token,
+        registers at Tc; out (B, K, W) = the first K-1 registers and the last context token (the last
+        register where the context is empty)."""
+        b, tc = x_ctx.shape
+        k = self.cfg.memory_tokens
+        real = x_ctx >= 0
+        columns = torch.arange(tc, device=x_ctx.device).expand(b, tc)
+        registers = torch.full((b, k), self.cfg.context_len, device=x_ctx.device)
+        positions = torch.cat((columns - (~real).sum(1, keepdim=True), registers), 1)
+        out = self.stack(h, key_mask=key_mask, keep=slice(max(tc - 1, 0), None), positions=positions)
+        if tc == 0:  # every context empty
+            return out
+        last = torch.where(real[:, -1:, None], out[:, :1], out[:, -1:])
+        return torch.cat((out[:, 1:k], last), 1)
 
 
 class Decoder(nn.Module):

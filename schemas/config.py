@@ -46,7 +46,7 @@ MLPKind = Literal[tuple(BLOCK_MLPS)]  # type: ignore[valid-type]  # schemas/regi
 class TeacherModelConfig(StrictModel):
     """Shape of the Transformer encoder-decoder teacher (docs/method.md section 3)."""
 
-    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"mlp", "encoder_attention"})
+    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"mlp", "encoder_attention", "encoder_memory"})
 
     vocab_size: int = Field(256, ge=2, description="token vocabulary V; tokens are ints in [0, V)")
     width: int = Field(256, ge=8, description="Transformer width of encoder and decoder")
@@ -55,6 +55,14 @@ class TeacherModelConfig(StrictModel):
     encoder_attention: Literal["bidirectional", "causal"] = Field(
         "bidirectional", description="bidirectional (the method's encoder), or causal: each context token sees "
         "the ones before it, the registers see the whole context")
+    encoder_memory: Literal["relative", "persistent"] = Field(
+        "relative", description="how the encoder writes memory. relative (the method's): rotary positions count back "
+        "from the last context token and the K registers follow it, so what a register reads of a token changes "
+        "with every token appended. persistent (causal encoder only): positions count from the window's first "
+        "token and the registers sit at one fixed position (context_len), so a register reads an early token the "
+        "same however many follow; the memory is the first K-1 registers plus the last context token's output (the "
+        "last register's for an empty context), which holds what the newest token asks. Memories that updaters "
+        "carry over many steps: docs/comparison.md, 'A memory that moves with every token'")
     decoder_depth: int = Field(4, ge=1, description="causal decoder blocks")
     mlp_ratio: int = Field(4, ge=1, description="hidden size of block MLPs as a multiple of width")
     mlp: MLPKind = Field("swiglu", description="block MLP: swiglu (gated), or gelu (the reference's, 2/3 the FLOPs)")
@@ -69,6 +77,11 @@ class TeacherModelConfig(StrictModel):
     def _heads_divide_width(self) -> TeacherModelConfig:
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        if self.encoder_memory == "persistent" and self.encoder_attention != "causal":
+            raise ValueError("encoder_memory 'persistent' needs encoder_attention 'causal' (with bidirectional "
+                             "attention every context token changes when one is appended)")
+        if self.encoder_memory == "persistent" and self.memory_tokens < 2:
+            raise ValueError("encoder_memory 'persistent' needs memory_tokens >= 2 (registers and the last token)")
         return self
 
     @property

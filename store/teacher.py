@@ -74,7 +74,8 @@ def recorded_train_flops(manifest: Manifest) -> int:
     return teacher_training_flops(teacher_config(manifest))
 
 
-LENGTH_FIELDS = ("context_len", "future_len")  # crop lengths, not weight shapes: they may differ from the parent
+# not weight shapes, so they may differ from the parent: the crop lengths, and how the encoder reads its memory
+FREE_FIELDS = ("context_len", "future_len", "encoder_memory")
 
 
 def load_init_weights(
@@ -82,20 +83,20 @@ def load_init_weights(
 ) -> Manifest:
     """Copy a parent teacher artifact's weights (teacher and reference updater) into fresh modules.
 
-    Refuses a parent of another shape: every model field but the crop lengths (LENGTH_FIELDS), and the
+    Refuses a parent of another shape: every model field but FREE_FIELDS (crop lengths, memory layout), and the
     updater config, must match. Returns the parent's manifest (its stats carry the cost to count).
     """
     ref, manifest = open_artifact(url, "teacher")
     parent = teacher_config(manifest)
-    ours = cfg.model.model_dump(exclude=set(LENGTH_FIELDS))
-    theirs = parent.model.model_dump(exclude=set(LENGTH_FIELDS))
+    ours = cfg.model.model_dump(exclude=set(FREE_FIELDS))
+    theirs = parent.model.model_dump(exclude=set(FREE_FIELDS))
     differ = sorted(k for k in ours if ours[k] != theirs.get(k))
     if parent.updater != cfg.updater:
         differ.append("updater")
     if differ:
         raise ArtifactError(
             f"teacher.init_from {url} has another shape ({', '.join(differ)} differ): only "
-            f"{' and '.join(LENGTH_FIELDS)} may change"
+            f"{', '.join(FREE_FIELDS)} may change"
         )
     for name, module in ((TEACHER_FILE, teacher), (UPDATER_FILE, updater)):
         check_recorded_file(ref.url, manifest.checksums, name, "teacher")

@@ -279,3 +279,93 @@ def test_a_causal_encoder_hides_later_tokens_from_earlier_ones_and_shows_the_reg
     assert "encoder_attention" not in TeacherTrainConfig(model=tiny_cfg()).address_json()["model"]
     assert TeacherTrainConfig(model=tiny_cfg(encoder_attention="causal")).address_json()["model"][
         "encoder_attention"] == "causal"
+
+
+def test_a_stack_at_positions_per_row_equals_the_stack_at_the_same_offset():
+    """`Stack(positions=...)` (one row of rotary positions per sequence) is the offset path when every row is the
+    same, and each row turns by its own positions when they differ."""
+    torch.manual_seed(0)
+    stack = Stack(32, 4, 2).eval()
+    x = torch.randn(3, 6, 32)
+    same = torch.arange(-2, 4).expand(3, 6)
+    torch.testing.assert_close(stack(x, positions=same, keep=slice(2, None)), stack(x, -2, keep=slice(2, None)))
+    shifted = same + torch.tensor([[0], [5], [0]])
+    out = stack(x, positions=shifted)
+    torch.testing.assert_close(out[1], stack(x[1:2], 3)[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[0], stack(x[0:1], -2)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_a_persistent_encoder_counts_positions_from_the_first_token_and_reads_the_last_token_into_memory():
+    """`encoder_memory: persistent`: real tokens at rotary positions 0, 1, ... whatever the padding, registers at
+    Tc; the memory is the first K-1 registers and the last real token's row (the last register's for an empty
+    context); a row's memory is its own alone; relative stays the default and keeps its address."""
+    from schemas.config import TeacherTrainConfig
+
+    torch.manual_seed(0)
+    teacher = build_teacher(tiny_cfg(encoder_attention="causal", encoder_memory="persistent")).eval()
+    enc = teacher.encoder
+    seen = []
+    stack_forward = enc.stack.forward
+    enc.stack.forward = lambda *a, **kw: seen.append(kw["positions"]) or stack_forward(*a, **kw)
+    batch = torch.tensor([[-1, -1, -1, 1, 2], [-1, 3, 4, 5, 6], [7, 8, 9, 10, 0]])
+    m = teacher.encode(batch)
+    assert seen[0].tolist() == [[-3, -2, -1, 0, 1, 8, 8, 8, 8], [-1, 0, 1, 2, 3, 8, 8, 8, 8],
+                                [0, 1, 2, 3, 4, 8, 8, 8, 8]]
+    enc.stack.forward = stack_forward
+
+    x = batch[2:]
+    h = torch.cat((enc.embed(x), enc.registers.expand(1, K, -1)), 1)
+    rows = enc.stack(h, key_mask=causal_mask(None, 1, 5 + K, x.device),
+                     positions=torch.tensor([[0, 1, 2, 3, 4, *[8] * K]]))
+    expected = rms_normalize(enc.proj(torch.cat((rows[:, 5:5 + K - 1], rows[:, 4:5]), 1))).flatten(1)
+    torch.testing.assert_close(m[2:], expected, atol=1e-5, rtol=1e-5)
+    empty = teacher.encode(torch.full((2, 8), -1))
+    h = enc.registers[None]
+    rows = enc.stack(h, key_mask=causal_mask(None, 1, K, h.device), positions=torch.full((1, K), 8))
+    torch.testing.assert_close(empty, rms_normalize(enc.proj(rows)).flatten(1).expand(2, -1), atol=1e-5, rtol=1e-5)
+    alone = [teacher.encode(row[row >= 0][None]) for row in batch]
+    torch.testing.assert_close(m, torch.cat(alone), atol=1e-5, rtol=1e-5)
+    mixed = torch.cat((torch.full((1, 5), -1), batch[:1]))  # an empty context beside a real one
+    torch.testing.assert_close(teacher.encode(mixed), torch.cat((empty[:1], m[:1])), atol=1e-5, rtol=1e-5)
+
+    relative = build_teacher(tiny_cfg(encoder_attention="causal")).eval()
+    relative.load_state_dict(teacher.state_dict())  # the same weights: only positions and the memory's rows differ
+    assert (relative.encode(batch) - m).abs().max() > 1e-3
+    causal = tiny_cfg(encoder_attention="causal")
+    assert "encoder_memory" not in TeacherTrainConfig(model=causal).address_json()["model"]
+    assert TeacherTrainConfig(model=tiny_cfg(encoder_attention="causal", encoder_memory="persistent")).address_json()[
+        "model"]["encoder_memory"] == "persistent"
+    with pytest.raises(ValueError, match="needs encoder_attention 'causal'"):
+        tiny_cfg(encoder_memory="persistent")
+    with pytest.raises(ValueError, match="memory_tokens >= 2"):
+        tiny_cfg(encoder_attention="causal", encoder_memory="persistent", memory_tokens=1)
+
+
+def _register_scores(teacher, x: torch.Tensor, monkeypatch) -> torch.Tensor:
+    """The first block's attention scores of the last register (the last query row) against every key."""
+    captured = []
+    original = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        captured.append(q[..., -1:, :] @ k.transpose(-1, -2))
+        return original(q, k, v, **kw)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+        teacher.encode(x)
+    return captured[0]
+
+
+def test_a_persistent_encoder_reads_an_early_token_the_same_however_many_follow(monkeypatch):
+    """What makes the memory persistent: with positions counted from the first token and the registers at one fixed
+    position, a register's attention score against a context token does not move when tokens are appended (the
+    relative encoder's does: the distance between them grows)."""
+    torch.manual_seed(0)
+    x = torch.randint(0, V, (1, 7))
+    moved = {}
+    for memory in ("relative", "persistent"):
+        teacher = build_teacher(tiny_cfg(encoder_attention="causal", encoder_memory=memory)).eval()
+        short, long = (_register_scores(teacher, x[:, :t], monkeypatch)[..., 0, :3] for t in (4, 7))
+        moved[memory] = (short - long).abs().max().item()  # against the first three tokens
+    assert moved["persistent"] < 1e-5
+    assert moved["relative"] > 1e-3

@@ -316,6 +316,27 @@ def test_a_teacher_started_from_another_loads_its_weights_and_counts_its_cost(ch
         teacher_stage(chain.tokens.url, cfg.model_copy(update={"init_from": "teacher-0000000000000000"}), chain.root)
 
 
+def test_a_relative_teacher_starts_a_persistent_one_with_the_same_weights(chain: Chain) -> None:
+    """encoder_memory is not a weight shape: a causal teacher continues as a persistent one (the same weights,
+    another memory); encoder_attention still is refused as another shape."""
+    two_steps = TEACHER_CFG.run.model_copy(update={"steps": 2})
+    causal = TEACHER_CFG.model_copy(update={"model": TINY_MODEL.model_copy(update={"encoder_attention": "causal"}),
+                                            "run": two_steps})
+    parent = teacher_stage(chain.tokens.url, causal, chain.root)
+    persistent = causal.model_copy(update={
+        "model": causal.model.model_copy(update={"encoder_memory": "persistent"}), "init_from": parent.url,
+        "optim": OptimConfig(lr=1e-7, weight_decay=0.0)})
+    child = teacher_stage(chain.tokens.url, persistent, chain.root)
+    before, after = load_teacher(parent.url)[0], load_teacher(child.url)[0]
+    for (name, a), (_, b) in zip(before.state_dict().items(), after.state_dict().items(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5), name
+    x = torch.randint(0, TINY_MODEL.vocab_size, (3, 9))
+    assert (before.encode(x) - after.encode(x)).abs().max() > 1e-3  # same weights, another memory
+    with pytest.raises(ArtifactError, match="another shape \\(encoder_attention differ\\)"):
+        teacher_stage(chain.tokens.url, TEACHER_CFG.model_copy(update={"init_from": parent.url, "run": two_steps}),
+                      chain.root)
+
+
 def test_a_chained_teacher_trains_on_its_transitions_and_counts_fewer_flops(chain: Chain) -> None:
     """teacher.chain: the stage reads batch_size/chain crops long enough for the chain, counts the chain's
     FLOPs, and lives at another address than the unchained teacher (which keeps its own)."""
