@@ -60,7 +60,8 @@ class TeacherModelConfig(StrictModel):
         "from the last context token and the K registers follow it, so what a register reads of a token changes "
         "with every token appended. persistent (causal encoder only): positions count from the window's first "
         "token and the registers sit at one fixed position (context_len), so a register reads an early token the "
-        "same however many follow; the memory is the first K-1 registers plus the last context token's output (the "
+        "same however many follow (while the document fits in context_len: a longer one's window slides, and its "
+        "positions with it); the memory is the first K-1 registers plus the last context token's output (the "
         "last register's for an empty context), which holds what the newest token asks. Memories that updaters "
         "carry over many steps: docs/comparison.md, 'A memory that moves with every token'")
     decoder_depth: int = Field(4, ge=1, description="causal decoder blocks")
@@ -77,6 +78,10 @@ class TeacherModelConfig(StrictModel):
     def _heads_divide_width(self) -> TeacherModelConfig:
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        return self
+
+    @model_validator(mode="after")
+    def _persistent_memory_needs_a_causal_encoder(self) -> TeacherModelConfig:
         if self.encoder_memory == "persistent" and self.encoder_attention != "causal":
             raise ValueError("encoder_memory 'persistent' needs encoder_attention 'causal' (with bidirectional "
                              "attention every context token changes when one is appended)")
