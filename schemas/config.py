@@ -299,9 +299,17 @@ class BeamConfig(StrictModel):
 class DistillConfig(StrictModel):
     """SMT: regression of an RNN's update on stored transitions, plus its readout."""
 
+    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"input_noise"})
+
     run: RunConfig = Field(default_factory=lambda: RunConfig(steps=20_000, batch_size=128))
     optim: OptimConfig = Field(default_factory=OptimConfig)
     readout_weight: float = Field(1.0, ge=0, description="weight of readout cross-entropy on stored memories")
+    input_noise: float = Field(
+        0.0, ge=0, description="standard deviation of Gaussian noise added to each stored m_t before the update "
+        "(the target m_{t+1} stays clean): the updater learns to pull a memory that is a little off back onto the "
+        "teacher's, so its own errors shrink along a rollout instead of adding up. Helps where the teacher's memory "
+        "barely moves per step (encoder_memory: persistent); hurt on a memory that moves with every token "
+        "(docs/comparison.md). 0 = off")
 
 
 SelectionMetric = Literal["loss", "error"]

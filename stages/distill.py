@@ -53,6 +53,17 @@ def reader_device(device: torch.device) -> torch.device | None:
     return device if device.type == "cuda" else None
 
 
+def with_input_noise(batches: Iterator[Transitions], sigma: float, seed: int) -> Iterator[Transitions]:
+    """`distill.input_noise`: each batch's m_t plus N(0, sigma^2) noise drawn from a generator seeded like the
+    batches (a fixed config gives the same noise), m_{t+1} and the rest untouched."""
+    generator: torch.Generator | None = None
+    for batch in batches:
+        if generator is None:
+            generator = torch.Generator(device=batch.m.device).manual_seed(seed)
+        noise = torch.randn(batch.m.shape, generator=generator, device=batch.m.device)
+        yield batch._replace(m=batch.m.float() + sigma * noise)
+
+
 @one_writer(plan_distill)
 def distill_stage(labels_url: str, teacher_url: str, variant: RNNConfig, cfg: DistillConfig, root: str) -> ArtifactRef:
     """Train (or find) the SMT RNN `variant` on the label store; publishes kind "rnn".
@@ -88,10 +99,11 @@ def distill_stage(labels_url: str, teacher_url: str, variant: RNNConfig, cfg: Di
         seed = rank_seed(cfg.run.seed, ctx.rank, "distill", start_step) % (2**32)
 
         def source() -> Iterator[Transitions]:
-            return store.transitions(
+            transitions = store.transitions(
                 cfg.run.batch_size, seed=seed, shuffle=True, split=SPLIT_TRAIN, epochs=None, drop_last=True,
                 device=reader_device(device),
             )
+            return with_input_noise(transitions, cfg.input_noise, seed) if cfg.input_noise else transitions
 
         return Prefetcher(source, pin_memory=False)  # CUDA batches are already there (and cannot be pinned)
 

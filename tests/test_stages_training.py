@@ -401,3 +401,33 @@ def test_compiled_dmt_stage_trains_like_the_eager_one(chain: Chain, rnns: dict[s
     assert compiled_stats["steps"] == eager_stats["steps"] == DMT_CFG.run.steps
     for name in ("loss", "dyn", "readout", "dec"):
         assert compiled_stats[f"final_{name}"] == pytest.approx(eager_stats[f"final_{name}"], rel=1e-3), name
+
+
+def test_input_noise_perturbs_only_the_start_memory_and_is_the_same_for_the_same_seed() -> None:
+    """distill.input_noise: m_t moves by N(0, sigma^2), the target and the tokens do not; a seed fixes the noise."""
+    from stages.distill import with_input_noise
+    from store.labels import Transitions
+
+    torch.manual_seed(0)
+    batches = [Transitions(torch.randn(64, 512).half(), torch.arange(64), torch.randn(64, 512), torch.arange(64))
+               for _ in range(3)]
+    noisy = list(with_input_noise(iter(batches), 0.05, seed=7))
+    for clean, moved in zip(batches, noisy, strict=True):
+        assert moved.m_next is clean.m_next and moved.x_next is clean.x_next and moved.y_next is clean.y_next
+        assert moved.m.dtype == torch.float32
+        assert abs((moved.m - clean.m.float()).std().item() - 0.05) < 0.002
+    again = list(with_input_noise(iter(batches), 0.05, seed=7))
+    other = list(with_input_noise(iter(batches), 0.05, seed=8))
+    assert all(torch.equal(a.m, b.m) for a, b in zip(noisy, again, strict=True))
+    assert not torch.equal(noisy[0].m, other[0].m)
+    assert not torch.equal(noisy[0].m - batches[0].m.float(), noisy[1].m - batches[1].m.float())  # fresh per batch
+
+
+def test_a_student_distilled_with_input_noise_is_another_artifact(chain: Chain, rnns: dict[str, str]) -> None:
+    """input_noise is left out of the address at 0 (every earlier student keeps its own) and moves it otherwise."""
+    noisy_cfg = DISTILL_CFG.model_copy(update={"input_noise": 0.05})
+    assert "input_noise" not in DISTILL_CFG.address_json()
+    ref = distill_stage(chain.labels.url, chain.teacher.url, GRU, noisy_cfg, chain.root)
+    plain = distill_stage(chain.labels.url, chain.teacher.url, GRU, DISTILL_CFG, chain.root)
+    assert ref.hash != plain.hash
+    assert not state_equal(load_rnn(ref.url)[0], load_rnn(plain.url)[0])
