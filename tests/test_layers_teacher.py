@@ -323,6 +323,8 @@ def test_a_persistent_encoder_counts_positions_from_the_first_token_and_reads_th
     h = enc.registers[None]
     rows = enc.stack(h, key_mask=causal_mask(None, 1, K, h.device), positions=torch.full((1, K), 8))
     torch.testing.assert_close(empty, rms_normalize(enc.proj(rows)).flatten(1).expand(2, -1), atol=1e-5, rtol=1e-5)
+    cut = teacher.encode(torch.full((2, TRIM_STEP), -1))  # every column cut: the registers alone reach the stack
+    torch.testing.assert_close(cut, empty, atol=1e-5, rtol=1e-5)
     alone = [teacher.encode(row[row >= 0][None]) for row in batch]
     torch.testing.assert_close(m, torch.cat(alone), atol=1e-5, rtol=1e-5)
     mixed = torch.cat((torch.full((1, 5), -1), batch[:1]))  # an empty context beside a real one
