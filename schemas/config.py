@@ -321,12 +321,17 @@ METRIC_DESCRIPTION = ("what the held-out checks compare: loss (readout cross-ent
 class KeepBestConfig(StrictModel):
     """Model selection for DMT: a fixed batch of unseen sequences, read from the RNN's own memory."""
 
-    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"metric"})
+    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"metric", "patience"})
 
     eval_every: int = Field(100, ge=1, description="steps between held-out checks")
     sequences: int = Field(128, ge=1, description="held-out sequences per check (a fixed batch)")
     seq_len: int | None = Field(None, ge=1, description="tokens per held-out sequence; null: dmt.rollout_len")
     metric: SelectionMetric = Field("loss", description=METRIC_DESCRIPTION)
+    patience: int | None = Field(
+        None, ge=1, description="stop DMT after this many checks in a row without a lower figure (null: run every "
+        "step). The student's cost counts the steps it ran; the matched BPTT baseline is sized from the configured "
+        "steps, so an early stop gives the baseline more compute than the student used, never less",
+    )
 
 
 class DMTConfig(StrictModel):

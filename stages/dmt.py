@@ -132,7 +132,7 @@ def dmt_stage(rnn_url: str, labels_url: str, teacher_url: str, cfg: DMTConfig, r
 def held_out_selection(rnn: torch.nn.Module, store: LabelStore, cfg: DMTConfig, device: torch.device) -> EarlyStop:
     """`keep_best`'s checks: the readout loss (or error, `keep_best.metric`) from the RNN's own memory (as the
     evaluation reads it, from the initial memory) on a fixed batch of train documents the label store has no
-    window of. Never stops early."""
+    window of. Stops DMT after `keep_best.patience` checks without a lower figure (null: never early)."""
     assert cfg.keep_best is not None
     tokens_url = store.tokens_url
     try:
@@ -147,4 +147,4 @@ def held_out_selection(rnn: torch.nn.Module, store: LabelStore, cfg: DMTConfig, 
                             "one has some: materialise fewer windows or add documents")
     return own_memory_stop(rnn, DocumentCrops(tokens, SPLIT_TRAIN, unseen), rank_seed(cfg.run.seed, 0, "dmt-held-out"),
                            cfg.keep_best.sequences, cfg.keep_best.seq_len or cfg.rollout_len, device,
-                           cfg.keep_best.eval_every, patience=None, metric=cfg.keep_best.metric)
+                           cfg.keep_best.eval_every, patience=cfg.keep_best.patience, metric=cfg.keep_best.metric)

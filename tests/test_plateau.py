@@ -139,6 +139,36 @@ def test_dmt_keeps_its_best_weights_on_documents_the_student_never_saw(tmp_path:
     assert set(unseen.tolist()) <= set(tokens.doc_ids(SPLIT_TRAIN).tolist())
 
 
+def test_dmt_stops_after_patience_checks_without_a_better_figure(tmp_path: Path) -> None:
+    """keep_best.patience: DMT stops at the first check that makes `patience` in a row without a lower figure,
+    publishes the best check's weights and counts only the steps it ran; left out of the address at null."""
+    chain = build_chain(str(tmp_path))
+    smt = distill_stage(chain.labels.url, chain.teacher.url, GRU, DISTILL_CFG, chain.root)
+    keep = KeepBestConfig(eval_every=2, sequences=8)
+    assert "patience" not in keep.address_json()
+    steps = 16
+    cfg = DMT_CFG.model_copy(update={"run": DMT_CFG.run.model_copy(update={"steps": steps, "checkpoint_every": 4}),
+                                     "optim": DMT_CFG.optim.model_copy(update={"lr": 0.3}),  # too high: it worsens
+                                     "keep_best": keep.model_copy(update={"patience": 2})})
+    ref = dmt_stage(smt.url, chain.labels.url, chain.teacher.url, cfg, chain.root)
+    stats = json.loads(Path(ref.url, "manifest.json").read_text())["stats"]
+    checks = [r for r in pq.read_table(Path(ref.url) / "metrics.parquet").to_pylist() if r.get("held_out_loss")]
+    plain = dmt_stage(smt.url, chain.labels.url, chain.teacher.url,
+                      cfg.model_copy(update={"keep_best": keep}), chain.root)
+    first = held_out_selection(load_rnn(smt.url)[0], LabelStore.open(chain.labels.url), cfg, torch.device("cpu"))
+    best, bad, stop = first.check(0, {"rnn": load_rnn(smt.url)[0]}), 0, steps
+    for r in checks:  # replay the rule on the recorded checks
+        best, bad = (r["held_out_loss"], 0) if r["held_out_loss"] < best else (best, bad + 1)
+        if bad == 2:
+            stop = r["step"]
+            break
+    assert stats["steps"] == stop < steps and checks[-1]["step"] == stop  # it did stop, where the rule says
+    assert stats["train_flops"] < json.loads(Path(plain.url, "manifest.json").read_text())["stats"]["train_flops"]
+    rnn, _ = load_rnn(ref.url)
+    again = held_out_selection(rnn, LabelStore.open(chain.labels.url), cfg, torch.device("cpu"))
+    assert again.check(0, {"rnn": rnn}) == stats["held_out_loss"] == best
+
+
 def test_dmt_can_keep_the_weights_that_answer_most_often(tmp_path: Path) -> None:
     """keep_best.metric 'error': the checks compare 1 - accuracy on the scored targets; the manifest and the
     metrics name it, the default (loss) keeps its address, and the report says which metric chose."""
