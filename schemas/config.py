@@ -345,6 +345,11 @@ class DMTConfig(StrictModel):
     readout_weight: float = Field(1.0, ge=0, description="weight of readout CE on own memories")
     dec_weight: float = Field(1.0, ge=0, description="weight of frozen-decoder L_dec on own memories")
     unif_weight: float = Field(0.01, ge=0, description="weight of L_unif on own memories")
+    teacher_forced_weight: float = Field(
+        0.0, ge=0, description="weight of SMT's own pull at the pulled steps: update(encoder m_{s-1}, x_s) toward "
+        "encoder m_s, beside the pull from the RNN's own m_{s-1}. DAgger trains on the expert's states and the "
+        "learner's together; with the learner's alone the fine-tune can leave the teacher's states behind",
+    )
     keep_best: KeepBestConfig | None = Field(
         None, description="publish the weights with the lowest held-out loss (or error, `metric`) from the RNN's "
         "own memory, checked every `eval_every` steps (and before the first) on train-split documents that have no "
@@ -352,7 +357,7 @@ class DMTConfig(StrictModel):
         "weights",
     )
 
-    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"keep_best"})
+    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"keep_best", "teacher_forced_weight"})
 
 
 class PlateauConfig(StrictModel):

@@ -348,6 +348,27 @@ def test_dmt_credit_is_one_step_and_readout_does_not_reach_the_updater(models):
     assert nonzero(grads(out["unif"], rnn.updater_parameters()))
 
 
+def test_dmt_teacher_forced_pull_is_smts_loss_at_the_pulled_steps(models):
+    """teacher_forced_weight: beside the pull from the RNN's own m_{s-1}, one from the encoder's m_{s-1} at the
+    same steps; the own pull and every other term stay as they were, and at 0 the loss is unchanged."""
+    teacher, rnn, x, y, targets, cfg = pull_only(models, pull_every=4)
+    plain = dmt_step_loss(rnn, targets, x, y, cfg)
+    forced_cfg = cfg.model_copy(update={"teacher_forced_weight": 2.0})
+    out = dmt_step_loss(rnn, targets, x, y, forced_cfg)
+    by_hand = torch.stack([F.mse_loss(rnn.update(targets[:, s - 1], x[:, s]), targets[:, s]) for s in (4, 8)]).mean()
+    torch.testing.assert_close(out["forced"], by_hand, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out["dyn"], plain["dyn"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out["loss"], plain["loss"] + 2.0 * by_hand, atol=1e-5, rtol=1e-5)
+    assert plain["forced"] == 0
+    params = list(rnn.updater_parameters())
+    for a, b in zip(grads(out["loss"], params), grads(plain["loss"] + 2.0 * by_hand, params), strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert "teacher_forced_weight" not in cfg.address_json()  # DMT runs made before the option keep their address
+    assert "teacher_forced_weight" in forced_cfg.address_json()
+
+
 def test_bptt_matches_a_manual_unroll(models):
     _, rnn = models
     x, y = tokens(2, 5)

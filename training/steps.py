@@ -161,6 +161,7 @@ def dmt_step_loss(
     float rounding (another batch shape may pick another matmul kernel).
     Losses (weights from cfg):
       pull:    MSE(m_s, memories_target[:, s]) at every k-th step (s % pull_every == 0);
+      forced:  the same from the encoder's m_{s-1} (SMT's loss) at those steps, only with teacher_forced_weight;
       readout: CE of readout(m_s.detach()) vs y[:, s] at every step (never reaches the updater);
       dec:     frozen decoder L_dec from own m_s at pull steps (only with `decoder_readout`);
       unif:    L_unif over own memories at pull steps.
@@ -179,21 +180,28 @@ def dmt_step_loss(
     b, _, z = own.shape
     readout = masked_cross_entropy(rnn.readout(own.reshape(-1, z)), y[:, 1 : td + 1].reshape(-1))
     zero = readout * 0.0
-    pull = dec = unif = zero
+    pull = forced = dec = unif = zero
     if pull_steps:
         steps = torch.tensor(pull_steps, device=x.device)
         before = torch.cat((memories_target[:, :1], own), 1)[:, steps - 1]  # m_{s-1} of each pull step s
-        pred = rnn.update(before.reshape(-1, z), x[:, steps].reshape(-1)).view(b, len(pull_steps), z)
-        valid = x[:, steps] >= 0
-        pull = dynamics_loss(pred.view(-1, z), memories_target[:, steps].reshape(-1, z), valid.reshape(-1))
+        target, valid = memories_target[:, steps].reshape(-1, z), (x[:, steps] >= 0).reshape(-1)
+        if cfg.teacher_forced_weight > 0:  # one batched update over own and encoder m_{s-1}
+            both = rnn.update(torch.cat((before, memories_target[:, steps - 1])).reshape(-1, z),
+                              x[:, steps].repeat(2, 1).reshape(-1))
+            pred, from_encoder = both.view(2, b, len(pull_steps), z)
+            forced = dynamics_loss(from_encoder.reshape(-1, z), target, valid)
+        else:
+            pred = rnn.update(before.reshape(-1, z), x[:, steps].reshape(-1)).view(b, len(pull_steps), z)
+        pull = dynamics_loss(pred.reshape(-1, z), target, valid)
         unif = uniformity_loss(pred, rnn.memory_tokens, generator=generator)
         if decoder_readout is not None:
             decoder = decoder_readout.decoder if isinstance(decoder_readout, Teacher) else decoder_readout
             x_fut, y_fut = future_slices(x, y, steps.expand(b, -1), decoder.cfg.future_len)
             logits = decoder(pred.view(-1, z), x_fut.reshape(-1, x_fut.shape[-1]))
             dec, _ = decoding_loss(logits, y_fut.reshape(-1, y_fut.shape[-1]))
-    loss = cfg.dyn_weight * pull + cfg.readout_weight * readout + cfg.dec_weight * dec + cfg.unif_weight * unif
-    return {"loss": loss, "dyn": pull, "readout": readout, "dec": dec, "unif": unif}
+    loss = (cfg.dyn_weight * pull + cfg.teacher_forced_weight * forced + cfg.readout_weight * readout
+            + cfg.dec_weight * dec + cfg.unif_weight * unif)
+    return {"loss": loss, "dyn": pull, "forced": forced, "readout": readout, "dec": dec, "unif": unif}
 
 
 @torch.no_grad()
