@@ -341,6 +341,13 @@ class DMTConfig(StrictModel):
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=3e-5, schedule="cosine"))
     rollout_len: int = Field(256, ge=1, description="Td: steps rolled out on the RNN's own memories")
     pull_every: int = Field(16, ge=1, description="k: pull toward the encoder memory every k-th step")
+    pull_phase: Literal["fixed", "random"] = Field(
+        "fixed", description="which steps are pulled. fixed: steps k, 2k, ... of every rollout; random: each "
+        "rollout its own offset, steps r, r+k, ... with r drawn from 1..k by the seeded loss generator (as many "
+        "pulls, so the same FLOPs), so every step of a window is pulled in turn. When every window starts at a "
+        "document's first token (whole-document label stores), fixed pulls never reach steps 1..k-1 and the "
+        "updater's writes there drift until its own rollouts run away; use random there",
+    )
     dyn_weight: float = Field(10.0, ge=0, description="weight of the memory pull (MSE)")
     readout_weight: float = Field(1.0, ge=0, description="weight of readout CE on own memories")
     dec_weight: float = Field(1.0, ge=0, description="weight of frozen-decoder L_dec on own memories")
@@ -357,7 +364,7 @@ class DMTConfig(StrictModel):
         "weights",
     )
 
-    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"keep_best", "teacher_forced_weight"})
+    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"keep_best", "teacher_forced_weight", "pull_phase"})
 
 
 class PlateauConfig(StrictModel):

@@ -14,6 +14,7 @@ from training.losses import decoding_loss, dynamics_loss, masked_cross_entropy, 
 from training.steps import (
     bptt_step_loss,
     dmt_step_loss,
+    pull_steps,
     sample_anchors,
     smt_all_positions_loss,
     smt_step_loss,
@@ -367,6 +368,34 @@ def test_dmt_teacher_forced_pull_is_smts_loss_at_the_pulled_steps(models):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     assert "teacher_forced_weight" not in cfg.address_json()  # DMT runs made before the option keep their address
     assert "teacher_forced_weight" in forced_cfg.address_json()
+
+
+def test_dmt_random_pull_phase_pulls_each_rollout_at_its_own_offset(models):
+    """pull_phase 'random': rollout i is pulled at r_i, r_i + k, ... (r_i in 1..k from the loss generator), as
+    many pulls as 'fixed', and over draws every step of the window is pulled; 'fixed' stays k, 2k, ..."""
+    teacher, rnn, x, y, targets, cfg = pull_only(models, pull_every=4)
+    assert pull_steps(3, 8, cfg, None, torch.device("cpu")).tolist() == [[4, 8]] * 3
+    rand = cfg.model_copy(update={"pull_phase": "random"})
+    assert "pull_phase" not in cfg.address_json() and "pull_phase" in rand.address_json()
+    steps = pull_steps(3, 8, rand, torch.Generator().manual_seed(7), torch.device("cpu"))
+    out = dmt_step_loss(rnn, targets, x, y, rand, generator=torch.Generator().manual_seed(7))
+    pulls = []
+    for i, row in enumerate(steps.tolist()):
+        assert row[1] - row[0] == 4 and 1 <= row[0] <= 4
+        m = targets[i : i + 1, 0]
+        for s in range(1, row[-1] + 1):
+            if s in row:
+                pulls.append(F.mse_loss(rnn.update(m.detach(), x[i : i + 1, s]), targets[i : i + 1, s]))
+            m = rnn.update(m, x[i : i + 1, s]).detach()
+    by_hand = torch.stack(pulls).mean()
+    torch.testing.assert_close(out["dyn"], by_hand, atol=1e-5, rtol=1e-5)
+    params = list(rnn.updater_parameters())
+    for a, b in zip(grads(out["loss"], params), grads(10 * by_hand, params), strict=True):
+        if a is not None:
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    g = torch.Generator().manual_seed(0)
+    seen = torch.cat([pull_steps(4, 8, rand, g, torch.device("cpu")).flatten() for _ in range(20)])
+    assert set(seen.tolist()) == set(range(1, 9))  # every step of the window, in turn
 
 
 def test_bptt_matches_a_manual_unroll(models):

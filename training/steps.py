@@ -160,7 +160,8 @@ def dmt_step_loss(
     grad in ONE batched update over (B * Td/k) rows, whose gradients equal the step-by-step ones up to
     float rounding (another batch shape may pick another matmul kernel).
     Losses (weights from cfg):
-      pull:    MSE(m_s, memories_target[:, s]) at every k-th step (s % pull_every == 0);
+      pull:    MSE(m_s, memories_target[:, s]) at every k-th step (s = k, 2k, ...; with pull_phase 'random'
+               s = r, r+k, ... for an offset r in 1..k drawn per rollout from `generator`);
       forced:  the same from the encoder's m_{s-1} (SMT's loss) at those steps, only with teacher_forced_weight;
       readout: CE of readout(m_s.detach()) vs y[:, s] at every step (never reaches the updater);
       dec:     frozen decoder L_dec from own m_s at pull steps (only with `decoder_readout`);
@@ -171,7 +172,6 @@ def dmt_step_loss(
     """
     memories_target = memories_target.detach().float()  # store labels may be float16
     td = min(cfg.rollout_len, memories_target.shape[1] - 1, x.shape[1] - 1)
-    pull_steps = list(range(cfg.pull_every, td + 1, cfg.pull_every))
     if own is None:
         own = rollout(rollout_update or rnn.update, memories_target[:, 0], x[:, 1 : td + 1])  # (B, Td, Z)
     # weight casts cached by autocast under no_grad must not be reused with grad (older torch reused
@@ -181,27 +181,45 @@ def dmt_step_loss(
     readout = masked_cross_entropy(rnn.readout(own.reshape(-1, z)), y[:, 1 : td + 1].reshape(-1))
     zero = readout * 0.0
     pull = forced = dec = unif = zero
-    if pull_steps:
-        steps = torch.tensor(pull_steps, device=x.device)
-        before = torch.cat((memories_target[:, :1], own), 1)[:, steps - 1]  # m_{s-1} of each pull step s
-        target, valid = memories_target[:, steps].reshape(-1, z), (x[:, steps] >= 0).reshape(-1)
+    steps = pull_steps(b, td, cfg, generator, x.device)  # (B, P) or None
+    if steps is not None:
+        rows, n = torch.arange(b, device=x.device)[:, None], steps.shape[1]
+        before = torch.cat((memories_target[:, :1], own), 1)[rows, steps - 1]  # m_{s-1} of each pull step s
+        target, valid = memories_target[rows, steps].reshape(-1, z), (x[rows, steps] >= 0).reshape(-1)
+        tokens = x[rows, steps]
         if cfg.teacher_forced_weight > 0:  # one batched update over own and encoder m_{s-1}
-            both = rnn.update(torch.cat((before, memories_target[:, steps - 1])).reshape(-1, z),
-                              x[:, steps].repeat(2, 1).reshape(-1))
-            pred, from_encoder = both.view(2, b, len(pull_steps), z)
+            both = rnn.update(torch.cat((before, memories_target[rows, steps - 1])).reshape(-1, z),
+                              tokens.repeat(2, 1).reshape(-1))
+            pred, from_encoder = both.view(2, b, n, z)
             forced = dynamics_loss(from_encoder.reshape(-1, z), target, valid)
         else:
-            pred = rnn.update(before.reshape(-1, z), x[:, steps].reshape(-1)).view(b, len(pull_steps), z)
+            pred = rnn.update(before.reshape(-1, z), tokens.reshape(-1)).view(b, n, z)
         pull = dynamics_loss(pred.reshape(-1, z), target, valid)
         unif = uniformity_loss(pred, rnn.memory_tokens, generator=generator)
         if decoder_readout is not None:
             decoder = decoder_readout.decoder if isinstance(decoder_readout, Teacher) else decoder_readout
-            x_fut, y_fut = future_slices(x, y, steps.expand(b, -1), decoder.cfg.future_len)
+            x_fut, y_fut = future_slices(x, y, steps, decoder.cfg.future_len)
             logits = decoder(pred.view(-1, z), x_fut.reshape(-1, x_fut.shape[-1]))
             dec, _ = decoding_loss(logits, y_fut.reshape(-1, y_fut.shape[-1]))
     loss = (cfg.dyn_weight * pull + cfg.teacher_forced_weight * forced + cfg.readout_weight * readout
             + cfg.dec_weight * dec + cfg.unif_weight * unif)
     return {"loss": loss, "dyn": pull, "forced": forced, "readout": readout, "dec": dec, "unif": unif}
+
+
+def pull_steps(
+    b: int, td: int, cfg: DMTConfig, generator: torch.Generator | None, device: torch.device,
+) -> Tensor | None:
+    """The pulled steps of each of b rollouts of td steps: (B, td // k) long, or None when td < k.
+
+    fixed: k, 2k, ... for every rollout; random: r, r+k, ... with r in 1..k per rollout (from `generator`).
+    """
+    k, n = cfg.pull_every, td // cfg.pull_every
+    if n == 0:
+        return None
+    steps = torch.arange(1, n + 1, device=device).mul(k).expand(b, n)
+    if cfg.pull_phase == "random":
+        steps = steps - torch.randint(0, k, (b, 1), generator=generator, device=device)
+    return steps
 
 
 @torch.no_grad()
