@@ -155,8 +155,9 @@ def test_dmt_stops_after_patience_checks_without_a_better_figure(tmp_path: Path)
     checks = [r for r in pq.read_table(Path(ref.url) / "metrics.parquet").to_pylist() if r.get("held_out_loss")]
     plain = dmt_stage(smt.url, chain.labels.url, chain.teacher.url,
                       cfg.model_copy(update={"keep_best": keep}), chain.root)
-    first = held_out_selection(load_rnn(smt.url)[0], LabelStore.open(chain.labels.url), cfg, torch.device("cpu"))
-    best, bad, stop = first.check(0, {"rnn": load_rnn(smt.url)[0]}), 0, steps
+    distilled, _ = load_rnn(smt.url)
+    first = held_out_selection(distilled, LabelStore.open(chain.labels.url), cfg, torch.device("cpu"))
+    best, bad, stop = first.check(0, {"rnn": distilled}), 0, steps
     for r in checks:  # replay the rule on the recorded checks
         best, bad = (r["held_out_loss"], 0) if r["held_out_loss"] < best else (best, bad + 1)
         if bad == 2:

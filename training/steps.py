@@ -185,8 +185,8 @@ def dmt_step_loss(
     if steps is not None:
         rows, n = torch.arange(b, device=x.device)[:, None], steps.shape[1]
         before = torch.cat((memories_target[:, :1], own), 1)[rows, steps - 1]  # m_{s-1} of each pull step s
-        target, valid = memories_target[rows, steps].reshape(-1, z), (x[rows, steps] >= 0).reshape(-1)
         tokens = x[rows, steps]
+        target, valid = memories_target[rows, steps].reshape(-1, z), (tokens >= 0).reshape(-1)
         if cfg.teacher_forced_weight > 0:  # one batched update over own and encoder m_{s-1}
             both = rnn.update(torch.cat((before, memories_target[rows, steps - 1])).reshape(-1, z),
                               tokens.repeat(2, 1).reshape(-1))
