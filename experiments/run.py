@@ -34,7 +34,9 @@ TEACHER_STATS = ("test_dec0_bits", "test_unigram_bits", "chance_bits", "steps", 
 
 def smoke_config(cfg: PipelineConfig) -> PipelineConfig:
     """The same pipeline at a size that runs in about a minute on 2 cores: few documents and steps, no
-    quality gate (a teacher of a few steps is at chance; the smoke checks the wiring, not the numbers)."""
+    quality gate (a teacher of a few steps is at chance; the smoke checks the wiring, not the numbers), and
+    eager (no `compile`: a cold inductor cache spends ~50 s per config building kernels on 2 cores, which
+    made CI's smokes 3x slower; compiled paths are checked in tests/test_compiled.py)."""
     data = cfg.model_dump(mode="json")
     data["name"] = f"{cfg.name}-smoke"
     data["teacher_margin_bits"] = data["teacher_min_accuracy"] = None
@@ -47,6 +49,9 @@ def smoke_config(cfg: PipelineConfig) -> PipelineConfig:
     data["labels"].update(num_windows=32, shard_windows=16)
     for stage, steps in (("distill", 6), ("dmt", 2), ("bptt", 4)):
         data[stage]["run"].update(steps=steps, checkpoint_every=steps, log_every=2)
+    for stage in ("teacher", "distill", "dmt", "bptt"):
+        data[stage]["run"]["compile"] = False
+    data["labels"]["compile"] = False
     if data.get("bptt_plateau"):
         data["bptt_plateau"].update(max_steps=4, eval_every=2, sequences=8)
     if data["dmt"].get("keep_best"):

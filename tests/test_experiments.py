@@ -37,6 +37,8 @@ def test_experiment_smoke_runs_and_renders(config: Path, tmp_path: Path, one_thr
     assert {(v, m) for v in variants for m in ("smt", "smt+dmt", "bptt")} <= modes
     assert record["machine"]["device"] and record["machine"]["cpu_vendor"]
     assert record["wall_clock_s"] > 0 and record["stage_seconds"]["teacher"] >= 0
+    runs = [record["config"][stage]["run"] for stage in ("teacher", "distill", "dmt", "bptt")]
+    assert not any(run["compile"] for run in runs) and not record["config"]["labels"]["compile"]  # CI's minutes
     page = render(out)
     assert f"## {record['name']}" in page and "| variant | mode | seeds | accuracy | bits |" in page
     if record["config"].get("teacher_choice"):  # the choice is recorded and shown
