@@ -34,8 +34,8 @@ TEACHER_STATS = ("test_dec0_bits", "test_unigram_bits", "chance_bits", "steps", 
 
 def smoke_config(cfg: PipelineConfig) -> PipelineConfig:
     """The same pipeline at a size that runs in about a minute on 2 cores: few documents and steps, no
-    quality gate (a teacher of a few steps is at chance; the smoke checks the wiring, not the numbers), and
-    eager (no `compile`: a cold inductor cache spends ~50 s per config building kernels on 2 cores, which
+    quality gate (a teacher of a few steps is at chance; the smoke checks the wiring, not the numbers), small
+    batches, and eager (no `compile`: a cold inductor cache spends ~50 s per config building kernels on 2 cores, which
     made CI's smokes 3x slower; compiled paths are checked in tests/test_compiled.py)."""
     data = cfg.model_dump(mode="json")
     data["name"] = f"{cfg.name}-smoke"
@@ -44,11 +44,14 @@ def smoke_config(cfg: PipelineConfig) -> PipelineConfig:
         data["tokens"]["num_docs"] = min(data["tokens"]["num_docs"], 256)
     else:
         data["tokens"]["max_docs"] = min(data["tokens"]["max_docs"] or 256, 256)
-    data["teacher"]["run"].update(steps=6, checkpoint_every=6, log_every=3)
+    chain = data["teacher"].get("chain", 1)
+    data["teacher"]["run"].update(steps=6, checkpoint_every=6, log_every=3,
+                                  batch_size=min(data["teacher"]["run"]["batch_size"], max(chain, 16)))
     data["teacher"]["init_from"] = None  # its parent is another experiment's full teacher, absent in a smoke root
-    data["labels"].update(num_windows=32, shard_windows=16)
-    for stage, steps in (("distill", 6), ("dmt", 2), ("bptt", 4)):
-        data[stage]["run"].update(steps=steps, checkpoint_every=steps, log_every=2)
+    data["labels"].update(num_windows=8, shard_windows=4)
+    for stage, steps, batch in (("distill", 6, 16), ("dmt", 2, 4), ("bptt", 4, 4)):
+        batch = min(data[stage]["run"]["batch_size"], batch)
+        data[stage]["run"].update(steps=steps, checkpoint_every=steps, log_every=2, batch_size=batch)
     for stage in ("teacher", "distill", "dmt", "bptt"):
         data[stage]["run"]["compile"] = False
     data["labels"]["compile"] = False
