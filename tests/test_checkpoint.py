@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from store import checkpoints as ckpt
 from store.weights import load_tensors
 from training import rng
 from training.loop import TrainLoop, WarmupSchedule, resolve_device
+from training.stopping import clear_stop, request_stop
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,15 +35,23 @@ def _model() -> nn.Module:
     return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Dropout(0.2), nn.Linear(16, 3))
 
 
-def _train(ckpt_dir: str, steps: int, kill_at: int | None = None) -> dict[str, torch.Tensor]:
+def _train(
+    ckpt_dir: str, steps: int, kill_at: int | None = None, signal_at: int | None = None, signals: int = 1,
+) -> dict[str, torch.Tensor]:
     """Train a small regression net; the loss uses dropout (global RNG) and a named generator,
-    the data come from a stream seeded by its start step, lr follows warm-up + cosine."""
+    the data come from a stream seeded by its start step, lr follows warm-up + cosine.
+    signal_at: the loss of that step sends `signals` SIGINTs to this process, after drawing its noise."""
     model = _model()
     noise = torch.Generator().manual_seed(1)
+    calls = [0]
 
     def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         x, y = batch
         jitter = 0.01 * torch.randn(x.shape, generator=noise)
+        calls[0] += 1
+        if calls[0] - 1 == signal_at:
+            for _ in range(signals):
+                os.kill(os.getpid(), signal.SIGINT)
         err = (model(x + jitter) - y).pow(2).mean()
         return {"loss": err, "err": err}
 
@@ -61,7 +71,7 @@ def _train(ckpt_dir: str, steps: int, kill_at: int | None = None) -> dict[str, t
     loop = TrainLoop({"net": model}, loss_fn, batches, run, optim, checkpoints, generators={"noise": noise})
     try:
         loop.run()
-    except _Killed:
+    except (_Killed, KeyboardInterrupt):
         pass
     return {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -125,6 +135,34 @@ def test_killed_run_resumes_identically_in_a_new_process(tmp_path: Path) -> None
     # the metrics of the resumed run continue those of the killed one
     step, state = ckpt.load_checkpoint(str(tmp_path / "resumed"))
     assert step == 10 and [r["step"] for r in state["loop"]["metrics"]] == [3, 6, 9, 10]
+
+
+@pytest.fixture
+def cli_signals() -> Iterator[None]:
+    """SIGINT handled as the CLI does (cli/main.py): request a stop and interrupt the main thread."""
+    def on_signal(_signum: int, _frame: object) -> None:
+        request_stop()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_signal)
+    yield
+    signal.signal(signal.SIGINT, previous)
+    clear_stop()
+
+
+@pytest.mark.parametrize("signals", [1, 2])
+def test_a_signal_mid_step_resumes_to_the_unbroken_run(tmp_path: Path, cli_signals: None, signals: int) -> None:
+    """Ctrl-C inside step 6's loss, after it drew from the seeded generator (periodic checkpoints at 4, 8):
+    one signal finishes that step and saves at 7, the resumed stream skipping the 3 batches since 4; a
+    second signal stops mid-step without saving, so the run resumes from 4. Either way: the unbroken bytes."""
+    straight = _train(str(tmp_path / "straight"), steps=10)
+    _train(str(tmp_path / "resumed"), steps=10, signal_at=6, signals=signals)
+    step, state = ckpt.load_checkpoint(str(tmp_path / "resumed"))
+    assert (step, state["loop"]["stream_start"]) == ((7, 4) if signals == 1 else (4, 4))
+    clear_stop()
+    resumed = _train(str(tmp_path / "resumed"), steps=10)
+    for k in straight:
+        assert torch.equal(resumed[k], straight[k]), k
 
 
 def test_warmup_then_cosine_and_constant() -> None:

@@ -5,8 +5,10 @@ A stage supplies the trained modules, a `loss_fn(batch) -> {"loss": tensor, ...}
 factory `batches(start_step) -> iterator`. The loop restarts the stream at the start and after every
 checkpoint, seeded by the step it starts at; together with the restored RNG, optimizer and scheduler
 state this makes "train N steps" and "train N/2, kill, resume, train N/2" give identical parameters
-whenever the kill happens after a periodic checkpoint (tests/test_checkpoint.py). Streams must draw
-randomness only from their own seeded generators, never from the global torch RNG.
+whenever the kill happens after a periodic checkpoint (tests/test_checkpoint.py). A run stopped by a
+signal saves at the step it reached: each step runs with the signals held (training/stopping.py), and the
+checkpoint records where the stream started, so the resumed stream skips the batches already trained on.
+Streams must draw randomness only from their own seeded generators, never from the global torch RNG.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from training import distributed as distributed_mod
 from training import rng
 from training.distributed import DistContext, LossModule
 from training.early_stop import EarlyStop
-from training.stopping import StopRequested, stop_requested
+from training.stopping import StopForced, StopRequested, signals_held, stop_requested
 
 LossFn = Callable[[Any], dict[str, torch.Tensor]]
 BatchStream = Callable[[int], Iterator[Any]]
@@ -199,6 +201,7 @@ class TrainLoop:
                 compile_blocks(m)
         self.loss_module = distributed_mod.wrap(LossModule(modules, loss_fn), self.ctx, self.device)
         self.step = 0
+        self.stream_start = 0  # the step the data stream was last (re)started at: see `_open_stream`
         self.elapsed = 0.0
         self.metrics: list[dict[str, Any]] = []
         self._sums: dict[str, torch.Tensor | float] = {}  # device tensors: no host sync per step
@@ -214,6 +217,7 @@ class TrainLoop:
             "rng": self.ctx.gather_objects(rng.capture_rng(self.generators)),
             "loop": {
                 "step": self.step,
+                "stream_start": self.stream_start,
                 "elapsed": self.elapsed,
                 "metrics": self.metrics,
                 "sums": {k: float(v) for k, v in self._sums.items()},
@@ -230,6 +234,7 @@ class TrainLoop:
         self.scheduler.load_state_dict(state["scheduler"])
         loop = state["loop"]
         self.step, self.elapsed = int(loop["step"]), float(loop["elapsed"])
+        self.stream_start = int(loop.get("stream_start", self.step))  # older checkpoints: restart at the step
         self.metrics, self._sums, self._count = list(loop["metrics"]), dict(loop["sums"]), int(loop["count"])
         if self.early_stop is not None:
             self.early_stop.load_state(loop["early_stop"])
@@ -286,13 +291,22 @@ class TrainLoop:
         self._sums, self._count = {}, 0
         return row
 
+    def _open_stream(self) -> Iterator[Any]:
+        """The data stream at `self.step`: started at the last periodic checkpoint's step and advanced past
+        the batches trained on since, so a run stopped between checkpoints (and saved there) resumes to the
+        bytes of a run never stopped; skipping costs the data loading of those batches only."""
+        stream = self.batches(self.stream_start)
+        for _ in range(self.step - self.stream_start):
+            next(stream)
+        return stream
+
     def run(self) -> LoopResult:
         """Train to the end (resuming from the latest checkpoint if there is one)."""
         resumed = self.try_resume()
         total = self.run_cfg.steps
         for m in self.modules.values():
             m.train()
-        stream = self.batches(self.step)
+        stream = self._open_stream()
         stopped = "steps"
         progress = _Progress(self.name, total, self.step, progress_mode(self.ctx), self.max_seconds)
         window_t, window_steps = 0.0, 0
@@ -306,29 +320,33 @@ class TrainLoop:
                     ):
                         stopped = "max_seconds"
                         break
-                    t0 = time.perf_counter()
-                    batch = next(stream)
-                    out = self._train_step(batch)
-                    self._accumulate(out)
-                    dt = time.perf_counter() - t0
-                    self.elapsed += dt
-                    window_t, window_steps = window_t + dt, window_steps + 1
-                    self.step += 1
-                    if self.step % self.run_cfg.log_every == 0 or self.step == total:
-                        row = self._log(window_t, window_steps)
-                        window_t, window_steps = 0.0, 0
-                        progress.update(loss=row["loss"], step=self.step, elapsed=self.elapsed)
-                    progress.advance(self.step, self.elapsed)
-                    if self.early_stop is not None and self.early_stop.due(self.step):
-                        held_out = self.early_stop.check(self.step, self.modules)
-                        self.metrics.append({"step": self.step, f"held_out_{self.early_stop.metric}": held_out})
-                        if self.early_stop.exhausted:
-                            stopped = "plateau"
-                            break
-                    if self.step % self.run_cfg.checkpoint_every == 0 and self.step < total:
-                        self.save()
-                        _close(stream)
-                        stream = self.batches(self.step)  # restart seeded by step: see module doc
+                    with signals_held():  # a step is applied whole or not at all: see training/stopping.py
+                        t0 = time.perf_counter()
+                        batch = next(stream)
+                        out = self._train_step(batch)
+                        self._accumulate(out)
+                        dt = time.perf_counter() - t0
+                        self.elapsed += dt
+                        window_t, window_steps = window_t + dt, window_steps + 1
+                        self.step += 1
+                        if self.step % self.run_cfg.log_every == 0 or self.step == total:
+                            row = self._log(window_t, window_steps)
+                            window_t, window_steps = 0.0, 0
+                            progress.update(loss=row["loss"], step=self.step, elapsed=self.elapsed)
+                        progress.advance(self.step, self.elapsed)
+                        if self.early_stop is not None and self.early_stop.due(self.step):
+                            held_out = self.early_stop.check(self.step, self.modules)
+                            self.metrics.append({"step": self.step, f"held_out_{self.early_stop.metric}": held_out})
+                            if self.early_stop.exhausted:
+                                stopped = "plateau"
+                                break
+                        if self.step % self.run_cfg.checkpoint_every == 0 and self.step < total:
+                            self.stream_start = self.step
+                            self.save()
+                            _close(stream)
+                            stream = self._open_stream()  # restart seeded by step: see module doc
+        except StopForced:
+            raise  # mid-step: the last checkpoint stands
         except KeyboardInterrupt:  # Ctrl-C in this thread, or a stop requested by a signal (StopRequested)
             self.save()  # keep the work done so far; the stage re-runs and resumes
             raise
