@@ -45,16 +45,13 @@ def smoke_config(cfg: PipelineConfig) -> PipelineConfig:
     else:
         data["tokens"]["max_docs"] = min(data["tokens"]["max_docs"] or 256, 256)
     chain = data["teacher"].get("chain", 1)
-    data["teacher"]["run"].update(steps=6, checkpoint_every=6, log_every=3,
+    data["teacher"]["run"].update(steps=6, checkpoint_every=6, log_every=3, compile=False,
                                   batch_size=min(data["teacher"]["run"]["batch_size"], max(chain, 16)))
     data["teacher"]["init_from"] = None  # its parent is another experiment's full teacher, absent in a smoke root
-    data["labels"].update(num_windows=8, shard_windows=4)
+    data["labels"].update(num_windows=8, shard_windows=4, compile=False)
     for stage, steps, batch in (("distill", 6, 16), ("dmt", 2, 4), ("bptt", 4, 4)):
         batch = min(data[stage]["run"]["batch_size"], batch)
-        data[stage]["run"].update(steps=steps, checkpoint_every=steps, log_every=2, batch_size=batch)
-    for stage in ("teacher", "distill", "dmt", "bptt"):
-        data[stage]["run"]["compile"] = False
-    data["labels"]["compile"] = False
+        data[stage]["run"].update(steps=steps, checkpoint_every=steps, log_every=2, batch_size=batch, compile=False)
     if data.get("bptt_plateau"):
         data["bptt_plateau"].update(max_steps=4, eval_every=2, sequences=8)
     if data["dmt"].get("keep_best"):
