@@ -173,6 +173,40 @@ def compute_points(evaluation_url: str, lineage: dict[str, dict[str, str]]) -> l
     return points
 
 
+CURVE_MODES = ("smt+dmt", "bptt", "bptt-plateau")
+
+
+def compute_curves(lineage: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
+    """The held-out checks each student made while it trained (DMT's keep_best, the baselines' keep_best or
+    plateau), each at the compute spent by its step: the stage's counted FLOPs prorated by step, DMT's on top
+    of its SMT student's. Loss checks only (nats per scored token, drawn in bits); error checks are in other
+    units. The checks read held-out train or validation documents, the plot's markers the test split."""
+    curves = []
+    for role, ref in lineage.items():
+        variant, _, mode = role.partition("/")
+        if ref.get("kind", "rnn") != "rnn" or mode not in CURVE_MODES:
+            continue
+        stats = read_manifest(ref["url"]).stats
+        if "held_out_loss" not in stats or not stats.get("steps"):
+            continue
+        base = lineage_stats_flops(lineage, f"{variant}/smt") if mode == "smt+dmt" else 0
+        per_step = int(stats.get("train_flops", 0)) / int(stats["steps"])
+        checks = sorted((int(r["step"]), float(r["held_out_loss"])) for r in read_metrics(ref["url"])
+                        if r.get("held_out_loss") is not None)
+        if checks:
+            curves.append({"label": variant, "mode": mode,
+                           "tflop": [(base + step * per_step) / 1e12 for step, _ in checks],
+                           "bits": [loss / math.log(2) for _, loss in checks]})
+    return curves
+
+
+def read_metrics(rnn_url: str) -> list[dict[str, Any]]:
+    """A training stage's logged rows (metrics.parquet): losses every log_every steps and its held-out checks."""
+    fs, path = url_to_fs(rnn_url)
+    with fs.open(f"{path.rstrip('/')}/metrics.parquet", "rb") as f:
+        return pq.read_table(f).to_pylist()
+
+
 def lineage_stats_flops(lineage: dict[str, dict[str, str]], role: str) -> int:
     return int(read_manifest(lineage[role]["url"]).stats.get("train_flops", 0)) if role in lineage else 0
 
@@ -188,7 +222,10 @@ def compute_section(lineage: dict[str, dict[str, str]]) -> str:
         f"Training FLOPs counted from the shapes (training/flops.py). The teacher and the label job{chosen} cost "
         f"{shared:.4g} TFLOP once, for every variant trained from this label store; the BPTT baseline gets "
         "the student's own budget. `pays_off_from`: from that many variants on one store, the shared cost "
-        "per variant is below the student's own training cost.\n\n" + markdown_table(rows)
+        "per variant is below the student's own training cost. In the plot, markers are the test split's "
+        "figures; lines are the held-out checks each student made while training (DMT's `keep_best`, the "
+        "baselines' `keep_best` or plateau), on train-split documents it did not train on, which carry the "
+        "train split's label noise where the task adds any.\n\n" + markdown_table(rows)
         + "\n![held-out loss against training compute](compute.png)\n"
     )
 
@@ -303,7 +340,8 @@ def report_stage(evaluation_url: str, lineage: dict[str, dict[str, str]], name: 
     markdown = build_markdown(evaluation_url, lineage, name, rel)
     if not is_complete(ref.url):
         if "(compute.png)" in markdown:
-            plot_loss_vs_compute(ref.join("compute.png"), compute_points(evaluation_url, lineage))
+            plot_loss_vs_compute(ref.join("compute.png"), compute_points(evaluation_url, lineage),
+                                 compute_curves(lineage))
         write(ref.join("report.md"), markdown.encode())
         publish_manifest(ref, ref.config, ref.parents, counts={"artifacts": len(lineage)})
     return ref.join("report.md"), markdown

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker as ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
@@ -104,14 +106,22 @@ def plot_images(url: str, images: list[np.ndarray], titles: list[str]) -> None:
     write_bytes_atomic(url, png_bytes(fig))
 
 
-def loss_vs_compute_figure(points: list[dict[str, object]]) -> plt.Figure:
+def loss_vs_compute_figure(points: list[dict[str, object]], curves: Sequence[dict[str, object]] = ()) -> plt.Figure:
     """Held-out loss (bits/token, from the initial memory) against training compute (TFLOP, log scale):
-    one marker per student and baseline (`points`: label, mode, tflop, bits); SMT+DMT appears twice,
-    alone and with its share of the teacher and the label job (hollow), so both readings are visible."""
+    one marker per student and baseline on the test split (`points`: label, mode, tflop, bits); SMT+DMT
+    appears twice, alone and with its share of the teacher and the label job (hollow), so both readings are
+    visible. `curves` (label, mode, tflop list, bits list): the checks each one made while it trained, as thin
+    lines in the variant's colour. Those read train-split documents held out from training (with the train
+    split's label noise where a task adds it), so they need not meet the markers, which read the test split."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     markers = {"smt": "o", "smt+dmt": "s", "smt+dmt + shared": "s", "bptt": "^", "bptt-plateau": "v"}
+    styles = {"smt+dmt": "-", "bptt": ":", "bptt-plateau": "--"}
     colours = plt.get_cmap("tab10")
-    variants = sorted({str(p["label"]) for p in points})
+    variants = sorted({str(p["label"]) for p in [*points, *curves]})
+    for c in curves:
+        colour = colours(variants.index(str(c["label"])) % 10)
+        ax.plot(c["tflop"], c["bits"], linestyle=styles.get(str(c["mode"]), "-"), linewidth=0.9, alpha=0.6,
+                color=colour)
     for p in points:
         colour = colours(variants.index(str(p["label"])) % 10)
         hollow = p["mode"] == "smt+dmt + shared"
@@ -121,7 +131,12 @@ def loss_vs_compute_figure(points: list[dict[str, object]]) -> plt.Figure:
         ax.scatter([], [], color=colours(variants.index(name) % 10), marker="o", label=name)
     for mode, marker in markers.items():
         ax.scatter([], [], color="grey", marker=marker, label=mode, facecolors="none" if "shared" in mode else "grey")
+    for mode in sorted({str(c["mode"]) for c in curves}):
+        ax.plot([], [], color="grey", linestyle=styles.get(mode, "-"), label=f"{mode}: checks while training")
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))  # a short range gets readable ticks
+    ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel("training compute (TFLOP, from the shapes)")
     ax.set_ylabel("held-out loss from the initial memory (bits/token)")
     ax.legend(fontsize=7, ncol=2)
@@ -129,5 +144,5 @@ def loss_vs_compute_figure(points: list[dict[str, object]]) -> plt.Figure:
     return fig
 
 
-def plot_loss_vs_compute(url: str, points: list[dict[str, object]]) -> None:
-    write_bytes_atomic(url, png_bytes(loss_vs_compute_figure(points)))
+def plot_loss_vs_compute(url: str, points: list[dict[str, object]], curves: Sequence[dict[str, object]] = ()) -> None:
+    write_bytes_atomic(url, png_bytes(loss_vs_compute_figure(points, curves)))

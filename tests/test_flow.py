@@ -145,6 +145,20 @@ def _check_compute_section(report: str) -> None:
     evaluation = next(ref["url"] for role, ref in lineage.items() if role == "evaluation")
     plotted = {(p["label"], p["mode"]) for p in compute_points(evaluation, lineage)}
     assert {("gru", m) for m in ("smt", "smt+dmt", "smt+dmt + shared", "bptt", "bptt-plateau")} <= plotted
+    _check_compute_curves(lineage, rows["gru"]["bptt_plateau_TFLOP"])
+
+
+def _check_compute_curves(lineage: dict[str, dict[str, str]], plateau_tflop: float) -> None:
+    """The plot's plateau curve is the baseline's logged held-out checks, in bits, at prorated compute."""
+    from stages.report import compute_curves, read_metrics
+
+    curves = {(c["label"], c["mode"]): c for c in compute_curves(lineage)}
+    logged = sorted((r["step"], r["held_out_loss"]) for r in read_metrics(lineage["gru/bptt-plateau"]["url"])
+                    if r.get("held_out_loss") is not None)
+    curve = curves[("gru", "bptt-plateau")]
+    assert len(logged) >= 2 and curve["bits"] == [loss / math.log(2) for _, loss in logged]
+    assert curve["tflop"] == sorted(curve["tflop"]) and 0 < curve["tflop"][0] < curve["tflop"][-1] <= plateau_tflop
+    assert ("gru", "bptt") not in curves  # the matched baseline makes no checks
 
 
 def test_flow_tasks_on_a_dask_cluster_make_the_local_artifacts(prefect_api, tmp_path):
