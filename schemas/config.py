@@ -145,7 +145,7 @@ class OptimConfig(StrictModel):
 class RunConfig(StrictModel):
     """Where and how a training loop runs."""
 
-    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"cpu_bf16"})
+    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"cpu_bf16", "flush_denormal"})
 
     steps: int = Field(150_000, ge=0, description="optimiser steps")
     batch_size: int = Field(128, ge=1, description="sequences (or transitions) per step, per process")
@@ -156,6 +156,11 @@ class RunConfig(StrictModel):
         "AMX), slower on others; numerics change within bf16 rounding (README, Benchmarks)",
     )
     compile: bool = Field(False, description="torch.compile the Transformer blocks (and a DMT rollout), any device")
+    flush_denormal: bool = Field(
+        False, description="flush denormal floats to zero while training: on a CPU several times faster where few "
+        "positions are scored (retrieval, MQAR: gradients decay to denormals); numbers change only below 1.2e-38 "
+        "(training/denormals.py)",
+    )
     seed: int = Field(0, description="seed for init, sampling and shuffling")
     log_every: int = Field(50, ge=1, description="steps between logged metrics")
     checkpoint_every: int = Field(1000, ge=1, description="steps between resumable checkpoints")

@@ -31,6 +31,7 @@ from models.compiled import compile_blocks
 from schemas.config import OptimConfig, RunConfig
 from training import distributed as distributed_mod
 from training import rng
+from training.denormals import denormals_flushed
 from training.distributed import DistContext, LossModule
 from training.early_stop import EarlyStop
 from training.stopping import StopForced, StopRequested, signals_held, stop_requested
@@ -301,7 +302,12 @@ class TrainLoop:
         return stream
 
     def run(self) -> LoopResult:
-        """Train to the end (resuming from the latest checkpoint if there is one)."""
+        """Train to the end (resuming from the latest checkpoint if there is one), denormals flushed if the
+        run config says so (training/denormals.py)."""
+        with denormals_flushed(self.run_cfg.flush_denormal):
+            return self._run()
+
+    def _run(self) -> LoopResult:
         resumed = self.try_resume()
         total = self.run_cfg.steps
         for m in self.modules.values():

@@ -1,0 +1,65 @@
+"""`run.flush_denormal`: denormals flushed to zero while a training loop runs, off by default."""
+
+from __future__ import annotations
+
+import torch
+from _tiny import tiny_teacher
+
+from models.build import build_rnn, build_teacher
+from schemas.config import OptimConfig, RNNConfig, RunConfig
+from training.denormals import denormals_flushed
+from training.loop import TrainLoop
+from training.steps import bptt_step_loss
+
+
+
+def denormal_product() -> float:
+    return float(torch.tensor(1e-30) * 1e-10)
+
+
+def test_flush_denormal_is_off_by_default_and_out_of_the_address():
+    assert RunConfig().flush_denormal is False and "flush_denormal" not in RunConfig().address_json()
+    assert RunConfig(flush_denormal=True).address_json()["flush_denormal"] is True
+
+
+def test_train_loop_flushes_denormals_only_while_it_runs_and_only_when_asked():
+    seen = []
+
+    def loss(batch):
+        seen.append(denormal_product())
+        return {"loss": (weight * batch).sum()}
+
+    weight = torch.nn.Parameter(torch.ones(3))
+    module = torch.nn.Module()
+    module.weight = weight
+    for flag in (False, True):
+        run = RunConfig(steps=1, device="cpu", flush_denormal=flag, log_every=1, checkpoint_every=1)
+        TrainLoop({"m": module}, loss, lambda start: iter([torch.ones(3)] * 2), run, OptimConfig()).run()
+    assert seen[0] > 0 and seen[1] == 0.0, seen
+    assert denormal_product() > 0  # off again after the loop
+
+
+def test_flushing_changes_a_bptt_gradient_only_below_the_denormal_range():
+    """A long sequence scored at its last position only (as retrieval is) gives the same loss and gradients
+    flushed or not, up to the denormal range."""
+    teacher_cfg = tiny_teacher(vocab_size=7, memory_tokens=2, memory_dim=8, context_len=5, future_len=3)
+    torch.manual_seed(0)
+    teacher = build_teacher(teacher_cfg)
+    rnn = build_rnn(RNNConfig(kind="transformer", width=16, depth=1, heads=2, hidden=16, readout="teacher_decoder"),
+                    teacher_cfg, teacher)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 7, (4, 96), generator=g)
+    y = torch.full_like(x, -1)
+    y[:, -1] = x[:, 0]
+    results = []
+    for flag in (False, True):
+        with denormals_flushed(flag):
+            rnn.zero_grad(set_to_none=True)
+            loss = bptt_step_loss(rnn, x, y)["loss"]
+            loss.backward()
+            results.append((loss.detach(), [p.grad.clone() for p in rnn.parameters() if p.grad is not None]))
+    (loss_off, grads_off), (loss_on, grads_on) = results
+    torch.testing.assert_close(loss_on, loss_off, rtol=1e-6, atol=0)
+    assert len(grads_on) == len(grads_off) > 0
+    for on, off in zip(grads_on, grads_off, strict=True):
+        torch.testing.assert_close(on, off, rtol=1e-5, atol=torch.finfo(torch.float32).tiny * 1e3)
