@@ -158,8 +158,8 @@ class RunConfig(StrictModel):
     compile: bool = Field(False, description="torch.compile the Transformer blocks (and a DMT rollout), any device")
     flush_denormal: bool = Field(
         False, description="flush denormal floats to zero while training: on a CPU several times faster where few "
-        "positions are scored (retrieval, MQAR: gradients decay to denormals); numbers change only below 1.2e-38 "
-        "(training/denormals.py)",
+        "positions are scored (retrieval, MQAR: gradients decay to denormals); values below 1.2e-38 become zero, so "
+        "later figures can differ in their last bits. Needs threads: 1 on a CPU (training/denormals.py)",
     )
     seed: int = Field(0, description="seed for init, sampling and shuffling")
     log_every: int = Field(50, ge=1, description="steps between logged metrics")

@@ -15,6 +15,7 @@ from fsspec.core import url_to_fs
 from store.artifacts import ArtifactRef, is_complete, plan_artifact, publish_manifest, read_manifest
 from store.artifacts import write_bytes_atomic as write
 from store.evaluation import plot_loss_vs_compute
+from store.training_log import read_training_log
 
 SUMMARY = "summary.parquet"
 
@@ -180,31 +181,26 @@ def compute_curves(lineage: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
     """The held-out checks each student made while it trained (DMT's keep_best, the baselines' keep_best or
     plateau), each at the compute spent by its step: the stage's counted FLOPs prorated by step, DMT's on top
     of its SMT student's. Loss checks only (nats per scored token, drawn in bits); error checks are in other
-    units. The checks read held-out train or validation documents, the plot's markers the test split."""
+    units. The checks read documents held out from training (see `checked_on` in Model selection), the plot's
+    markers the test split. The step-0 checks (made before the loop) are not logged, so a line starts at the
+    first check inside it."""
     curves = []
     for role, ref in lineage.items():
         variant, _, mode = role.partition("/")
-        if ref.get("kind", "rnn") != "rnn" or mode not in CURVE_MODES:
+        if ref.get("kind") != "rnn" or mode not in CURVE_MODES:
             continue
         stats = read_manifest(ref["url"]).stats
-        if "held_out_loss" not in stats or not stats.get("steps"):
+        if "held_out_loss" not in stats or not stats.get("steps") or not stats.get("train_flops"):
             continue
         base = lineage_stats_flops(lineage, f"{variant}/smt") if mode == "smt+dmt" else 0
-        per_step = int(stats.get("train_flops", 0)) / int(stats["steps"])
-        checks = sorted((int(r["step"]), float(r["held_out_loss"])) for r in read_metrics(ref["url"])
-                        if r.get("held_out_loss") is not None)
+        per_step = int(stats["train_flops"]) / int(stats["steps"])
+        checks = sorted((int(r["step"]), float(r["held_out_loss"])) for r in read_training_log(ref["url"])
+                        if r.get("held_out_loss") is not None and math.isfinite(r["held_out_loss"]))
         if checks:
             curves.append({"label": variant, "mode": mode,
                            "tflop": [(base + step * per_step) / 1e12 for step, _ in checks],
                            "bits": [loss / math.log(2) for _, loss in checks]})
     return curves
-
-
-def read_metrics(rnn_url: str) -> list[dict[str, Any]]:
-    """A training stage's logged rows (metrics.parquet): losses every log_every steps and its held-out checks."""
-    fs, path = url_to_fs(rnn_url)
-    with fs.open(f"{path.rstrip('/')}/metrics.parquet", "rb") as f:
-        return pq.read_table(f).to_pylist()
 
 
 def lineage_stats_flops(lineage: dict[str, dict[str, str]], role: str) -> int:
@@ -224,8 +220,8 @@ def compute_section(lineage: dict[str, dict[str, str]]) -> str:
         "the student's own budget. `pays_off_from`: from that many variants on one store, the shared cost "
         "per variant is below the student's own training cost. In the plot, markers are the test split's "
         "figures; lines are the held-out checks each student made while training (DMT's `keep_best`, the "
-        "baselines' `keep_best` or plateau), on train-split documents it did not train on, which carry the "
-        "train split's label noise where the task adds any.\n\n" + markdown_table(rows)
+        "baselines' `keep_best` or plateau), on the documents Model selection names: train-split documents "
+        "carry the train split's label noise where the task adds any.\n\n" + markdown_table(rows)
         + "\n![held-out loss against training compute](compute.png)\n"
     )
 

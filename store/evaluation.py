@@ -111,8 +111,8 @@ def loss_vs_compute_figure(points: list[dict[str, object]], curves: Sequence[dic
     one marker per student and baseline on the test split (`points`: label, mode, tflop, bits); SMT+DMT
     appears twice, alone and with its share of the teacher and the label job (hollow), so both readings are
     visible. `curves` (label, mode, tflop list, bits list): the checks each one made while it trained, as thin
-    lines in the variant's colour. Those read train-split documents held out from training (with the train
-    split's label noise where a task adds it), so they need not meet the markers, which read the test split."""
+    lines in the variant's colour. Those read documents held out from training (mostly train-split ones, with
+    that split's label noise where a task adds it), so they need not meet the markers, which read the test split."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     markers = {"smt": "o", "smt+dmt": "s", "smt+dmt + shared": "s", "bptt": "^", "bptt-plateau": "v"}
     styles = {"smt+dmt": "-", "bptt": ":", "bptt-plateau": "--"}

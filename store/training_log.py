@@ -11,6 +11,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
 
 from store.artifacts import ArtifactRef, write_bytes_atomic
 
@@ -25,6 +26,14 @@ def write_training_log(ref: ArtifactRef, rows: list[dict[str, Any]]) -> None:
     timings = [{"step": row["step"], **{k: row[k] for k in CLOCK_COLUMNS if k in row}} for row in rows]
     write_bytes_atomic(ref.join(METRICS_FILE), _parquet(metrics))
     write_bytes_atomic(ref.join(TIMINGS_FILE), _parquet(timings))
+
+
+def read_training_log(url: str) -> list[dict[str, Any]]:
+    """The logged rows of a training artifact at `url` (its metrics file: losses every log_every steps, and
+    its held-out checks)."""
+    fs, path = url_to_fs(url)
+    with fs.open(f"{path.rstrip('/')}/{METRICS_FILE}", "rb") as f:
+        return pq.read_table(f).to_pylist()
 
 
 def _parquet(rows: list[dict[str, Any]]) -> bytes:

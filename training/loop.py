@@ -304,7 +304,8 @@ class TrainLoop:
     def run(self) -> LoopResult:
         """Train to the end (resuming from the latest checkpoint if there is one), denormals flushed if the
         run config says so (training/denormals.py)."""
-        with denormals_flushed(self.run_cfg.flush_denormal):
+        on_cpu = self.device.type == "cpu"  # the setting is about CPU arithmetic
+        with denormals_flushed(self.run_cfg.flush_denormal and on_cpu, torch.get_num_threads()):
             return self._run()
 
     def _run(self) -> LoopResult:
